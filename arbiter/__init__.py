@@ -1,0 +1,1 @@
+"""The `arbiter` command line and the process supervision behind `arbiter up` and `demo`."""

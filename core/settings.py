@@ -1,0 +1,78 @@
+"""Settings from the environment (prefix ARBITER_), built once at start-up and handed in."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development credentials that the bundled brokerage simulator accepts out of the box.
+DEV_BROKERAGE_KEY = "arbiter-dev-key"
+DEV_BROKERAGE_SECRET = "arbiter-dev-secret"
+DEV_BROKERAGE_URL = "http://127.0.0.1:8765"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ARBITER_", extra="ignore")
+
+    # Infrastructure. Empty URLs mean "embedded": `arbiter up` starts Postgres and Redis locally.
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".arbiter")
+    event_channel_prefix: str = "arbiter.events"
+
+    # Brokerage (Alpaca Trading API v2 or the bundled simulator).
+    brokerage_url: str = DEV_BROKERAGE_URL
+    brokerage_key: str = DEV_BROKERAGE_KEY
+    brokerage_secret: str = DEV_BROKERAGE_SECRET
+    brokerage_timeout_s: float = Field(default=5.0, gt=0)
+
+    # Pre-trade risk defaults; a strategy's config may override each one.
+    max_order_quantity: Decimal = Decimal("10000")
+    max_order_notional: Decimal = Decimal("250000")
+    max_open_orders_per_strategy: int = 500
+    max_signals_per_minute: int = 600
+
+    # Celery.
+    task_time_limit_s: int = 120
+    visibility_timeout_s: int = 3600
+    submit_max_retries: int = 5
+
+    # Beat schedule and recovery.
+    reconcile_interval_s: float = 5.0
+    recover_stalled_interval_s: float = 15.0
+    reconcile_positions_interval_s: float = 60.0
+    relay_interval_s: float = 2.0
+    expire_locks_interval_s: float = 60.0
+    stalled_after_s: float = 30.0
+    never_received_grace_s: float = 60.0
+    event_retention_days: int = 90
+
+    # Operations.
+    log_json: bool = False
+    log_level: str = "INFO"
+    flower_user: str | None = None
+    flower_password: str | None = None
+
+    @model_validator(mode="after")
+    def _no_dev_keys_off_loopback(self) -> Settings:
+        host = urlparse(self.brokerage_url).hostname or ""
+        local = host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+        dev_keys = DEV_BROKERAGE_KEY in (self.brokerage_key, self.brokerage_secret) or (
+            DEV_BROKERAGE_SECRET in (self.brokerage_key, self.brokerage_secret)
+        )
+        if dev_keys and not local:
+            raise ValueError(
+                "ARBITER_BROKERAGE_KEY / ARBITER_BROKERAGE_SECRET are the simulator's development "
+                f"defaults but ARBITER_BROKERAGE_URL points at {host}: set real keys"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

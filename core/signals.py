@@ -1,0 +1,138 @@
+"""A strategy's signal: its shape, checked before anything is enqueued or written."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from core.brokerage import OrderType, Side, TimeInForce
+from core.errors import InvalidSignal
+
+TICKER_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,5}([.\-][A-Z]{1,2})?$")
+STRATEGY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SIGNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+# Beyond this a quantity is not a trading decision but a bug (the risk limits are far lower).
+ABSURD_QUANTITY = Decimal("1e9")
+
+_NAMESPACE = uuid.UUID("6f2b7c52-8f1e-4d0e-9a53-7b4f0f3a8e11")
+
+
+def client_order_id_for(strategy: str, signal_id: str) -> str:
+    """Deterministic, so a repeated signal maps to the same order (and brokerage order)."""
+    return "arb-" + uuid.uuid5(_NAMESPACE, f"{strategy}\x1f{signal_id}").hex
+
+
+def _decimal(value: Any, field: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be finite")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"not a number: {value!r}") from None
+    if not number.is_finite():
+        raise ValueError("must be finite")
+    return number
+
+
+class Signal(BaseModel):
+    """A validated signal. Build it with `Signal.parse(...)` to get InvalidSignal errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    strategy: str
+    signal_id: str
+    ticker: str
+    side: Side
+    quantity: Decimal
+    order_type: OrderType = OrderType.MARKET
+    limit_price: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy(cls, value: Any) -> str:
+        if not isinstance(value, str) or not STRATEGY_PATTERN.match(value):
+            raise ValueError("must be a strategy name like 'long_term' (lowercase, a-z0-9_)")
+        return value
+
+    @field_validator("signal_id", mode="before")
+    @classmethod
+    def _signal_id(cls, value: Any) -> str:
+        if not isinstance(value, str) or not SIGNAL_ID_PATTERN.match(value):
+            raise ValueError("must be 1-100 characters of A-Z a-z 0-9 _ . : -")
+        return value
+
+    @field_validator("ticker", mode="before")
+    @classmethod
+    def _ticker(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {type(value).__name__}")
+        ticker = value.strip().upper()
+        if not TICKER_PATTERN.match(ticker):
+            raise ValueError(f"{value!r} is not a ticker (1-6 letters/digits, e.g. AAPL, BRK.B)")
+        return ticker
+
+    @field_validator("side", "order_type", "time_in_force", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("quantity", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> Decimal:
+        quantity = _decimal(value, "quantity")
+        if quantity <= 0:
+            raise ValueError("must be greater than 0")
+        if quantity >= ABSURD_QUANTITY:
+            raise ValueError(f"{quantity} is absurdly large")
+        if quantity != quantity.quantize(Decimal("0.000000001")):
+            raise ValueError("has more than 9 decimal places")
+        return quantity
+
+    @field_validator("limit_price", mode="before")
+    @classmethod
+    def _limit_price(cls, value: Any) -> Decimal | None:
+        if value is None:
+            return None
+        price = _decimal(value, "limit_price")
+        if price <= 0 or price >= Decimal("1e7"):
+            raise ValueError("must be a positive price below 10,000,000")
+        return price
+
+    @model_validator(mode="after")
+    def _limit_needs_price(self) -> Signal:
+        if self.order_type is OrderType.LIMIT and self.limit_price is None:
+            raise ValueError("limit_price: required for a limit order")
+        if self.order_type is OrderType.MARKET and self.limit_price is not None:
+            raise ValueError("limit_price: only a limit order takes a limit price")
+        return self
+
+    @property
+    def client_order_id(self) -> str:
+        return client_order_id_for(self.strategy, self.signal_id)
+
+    @classmethod
+    def parse(cls, data: Any) -> Signal:
+        """Validate raw input; raise InvalidSignal naming the first bad field."""
+        if not isinstance(data, dict):
+            raise InvalidSignal("signal", f"must be an object, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or "signal"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if message.startswith("limit_price: "):
+                field, message = "limit_price", message.removeprefix("limit_price: ")
+            raise InvalidSignal(field, message) from None
+
+    def to_message(self) -> dict[str, Any]:
+        """JSON-safe form for the queue (Decimals as strings)."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,71 @@
+"""The order state machine as data: one table of allowed moves, one function to check a move."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from core.errors import InvalidTransition
+
+
+class OrderState(StrEnum):
+    IDLE = "IDLE"
+    SIGNAL_RECEIVED = "SIGNAL_RECEIVED"
+    VALIDATING = "VALIDATING"
+    ORDER_PENDING = "ORDER_PENDING"
+    ORDER_SENT = "ORDER_SENT"
+    PARTIAL_FILLED = "PARTIAL_FILLED"
+    FULLY_FILLED = "FULLY_FILLED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+    FAILED = "FAILED"
+
+
+S = OrderState
+
+TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
+    S.IDLE: frozenset({S.SIGNAL_RECEIVED}),
+    S.SIGNAL_RECEIVED: frozenset({S.VALIDATING, S.REJECTED, S.CANCELLED}),
+    S.VALIDATING: frozenset({S.ORDER_PENDING, S.REJECTED}),
+    # A submit that times out keeps ORDER_PENDING: "unknown", never "rejected".
+    S.ORDER_PENDING: frozenset({S.ORDER_SENT, S.REJECTED, S.FAILED, S.CANCELLED}),
+    S.ORDER_SENT: frozenset(
+        {S.PARTIAL_FILLED, S.FULLY_FILLED, S.CANCELLED, S.REJECTED, S.FAILED}
+    ),
+    # More fills on a partial fill are a self-move; the rest cancelled ends CANCELLED.
+    S.PARTIAL_FILLED: frozenset({S.PARTIAL_FILLED, S.FULLY_FILLED, S.CANCELLED}),
+    S.FULLY_FILLED: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.FAILED: frozenset(),
+}
+
+TERMINAL_STATES: frozenset[OrderState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+# Live at the brokerage, or possibly so: what reconciliation must ask about.
+OPEN_AT_BROKERAGE: frozenset[OrderState] = frozenset(
+    {S.ORDER_PENDING, S.ORDER_SENT, S.PARTIAL_FILLED}
+)
+
+# Before the brokerage has seen the order: what stalled-order recovery re-drives.
+BEFORE_SUBMISSION: frozenset[OrderState] = frozenset(
+    {S.IDLE, S.SIGNAL_RECEIVED, S.VALIDATING, S.ORDER_PENDING}
+)
+
+
+def is_terminal(state: OrderState) -> bool:
+    return state in TERMINAL_STATES
+
+
+def can_transition(source: OrderState, target: OrderState) -> bool:
+    return target in TRANSITIONS[source]
+
+
+def check_transition(source: OrderState, target: OrderState) -> None:
+    """Raise InvalidTransition unless `source -> target` is in the table."""
+    if not can_transition(source, target):
+        raise InvalidTransition(source, target)
+
+
+def is_valid_path(states: list[OrderState]) -> bool:
+    """True when consecutive states are all allowed moves (an audit trail check)."""
+    return all(can_transition(a, b) for a, b in zip(states, states[1:], strict=False))
