@@ -1,17 +1,17 @@
 """Arbiter's errors, sorted by what the operator (or the caller) must do about them.
 
-    ArbiterError
-    ├── InvalidInput            bad data from a caller: clear message, nothing written
-    │   └── InvalidSignal       a malformed signal, naming the offending field
-    ├── InvalidTransition       a state move the table forbids: a bug or a stale actor; nothing written
-    ├── TransientError          the world hiccupped: retry with backoff
-    │   └── BrokerageUnavailable        timeout, connection refused, 5xx, 429
-    ├── Rejected                a normal outcome, recorded on the order
-    │   └── BrokerageRejected           the brokerage refused the order (reason attached)
-    │       └── DuplicateClientOrderId  the brokerage already holds this client_order_id
-    └── OperationalError        stop and alert a human
-        ├── BrokerageAuthError          bad credentials, account blocked
-        └── BrokerageProtocolError      the brokerage answered something we cannot read
+ArbiterError
+├── InvalidInput            bad data from a caller: clear message, nothing written
+│   └── InvalidSignal       a malformed signal, naming the offending field
+├── InvalidTransition       a move the table forbids (bug or stale actor): nothing written
+├── TransientError          the world hiccupped: retry with backoff
+│   └── BrokerageUnavailable        timeout, connection refused, 5xx, 429
+├── Rejected                a normal outcome, recorded on the order
+│   └── BrokerageRejected           the brokerage refused the order (reason attached)
+│       └── DuplicateClientOrderId  the brokerage already holds this client_order_id
+└── OperationalError        stop and alert a human
+    ├── BrokerageAuthError          bad credentials, account blocked
+    └── BrokerageProtocolError      the brokerage answered something we cannot read
 """
 
 from __future__ import annotations

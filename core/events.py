@@ -121,7 +121,8 @@ def transition_event_type(source: OrderState, target: OrderState) -> EventType |
         )
     return {
         S.SIGNAL_RECEIVED: EventType.SIGNAL_RECEIVED,
-        S.ORDER_PENDING: EventType.SIGNAL_VALIDATED,
+        # Entering VALIDATING means the risk rules passed; the conflict check follows.
+        S.VALIDATING: EventType.SIGNAL_VALIDATED,
         S.ORDER_SENT: EventType.ORDER_SENT,
         S.PARTIAL_FILLED: EventType.ORDER_PARTIALLY_FILLED,
         S.FULLY_FILLED: EventType.ORDER_FILLED,

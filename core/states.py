@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 
 from core.errors import InvalidTransition
@@ -28,9 +29,7 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     S.VALIDATING: frozenset({S.ORDER_PENDING, S.REJECTED}),
     # A submit that times out keeps ORDER_PENDING: "unknown", never "rejected".
     S.ORDER_PENDING: frozenset({S.ORDER_SENT, S.REJECTED, S.FAILED, S.CANCELLED}),
-    S.ORDER_SENT: frozenset(
-        {S.PARTIAL_FILLED, S.FULLY_FILLED, S.CANCELLED, S.REJECTED, S.FAILED}
-    ),
+    S.ORDER_SENT: frozenset({S.PARTIAL_FILLED, S.FULLY_FILLED, S.CANCELLED, S.REJECTED, S.FAILED}),
     # More fills on a partial fill are a self-move; the rest cancelled ends CANCELLED.
     S.PARTIAL_FILLED: frozenset({S.PARTIAL_FILLED, S.FULLY_FILLED, S.CANCELLED}),
     S.FULLY_FILLED: frozenset(),
@@ -68,4 +67,4 @@ def check_transition(source: OrderState, target: OrderState) -> None:
 
 def is_valid_path(states: list[OrderState]) -> bool:
     """True when consecutive states are all allowed moves (an audit trail check)."""
-    return all(can_transition(a, b) for a, b in zip(states, states[1:], strict=False))
+    return all(can_transition(a, b) for a, b in itertools.pairwise(states))

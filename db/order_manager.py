@@ -1,0 +1,244 @@
+"""The OrderManager: the single writer of order state.
+
+One call applies one transition: lock the order row, check the move against core's table, write
+the state, one audit row and the transition's events into the outbox, all in the caller's
+transaction. An invalid move raises before anything is written. It never commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.errors import ArbiterError
+from core.events import Event, EventType, transition_event_type
+from core.signals import Signal
+from core.states import OrderState, check_transition
+from db.models import Order, OrderTransition, ReviewItem, Strategy
+from db.outbox import emit
+
+_LOCKED = "arbiter_locked_orders"
+
+# Fields other than `state` that writers may change through the manager.
+MUTABLE_FIELDS = frozenset(
+    {
+        "brokerage_order_id",
+        "filled_quantity",
+        "avg_fill_price",
+        "reason",
+        "conflict_check_passed",
+        "conflict_reasoning",
+        "submit_attempts",
+        "last_submit_at",
+    }
+)
+
+
+class OrderNotFound(ArbiterError):
+    pass
+
+
+def order_event(order: Order, event_type: EventType, **payload: Any) -> Event:
+    """An event about `order`, with the envelope's order, strategy and ticker filled in."""
+    return Event(
+        type=event_type,
+        order_id=order.id,
+        client_order_id=order.client_order_id,
+        strategy=order.strategy_name,
+        ticker=order.ticker,
+        payload=payload,
+    )
+
+
+class OrderManager:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- reading with a lock -------------------------------------------------------------
+
+    def lock(self, order_id: int) -> Order:
+        """The order, row-locked until the caller's transaction ends."""
+        locked: set[int] = self.session.info.setdefault(_LOCKED, set())
+        if order_id in locked:
+            order = self.session.get(Order, order_id)
+        else:
+            order = self.session.get(Order, order_id, with_for_update=True, populate_existing=True)
+        if order is None:
+            raise OrderNotFound(f"order {order_id} does not exist")
+        locked.add(order_id)
+        return order
+
+    def find_by_client_order_id(self, client_order_id: str) -> Order | None:
+        return self.session.scalar(select(Order).where(Order.client_order_id == client_order_id))
+
+    # -- creating --------------------------------------------------------------------------
+
+    def create_from_signal(
+        self, signal: Signal, strategy: Strategy | None, *, actor: str
+    ) -> tuple[Order, bool]:
+        """Persist a signal as an order (IDLE -> SIGNAL_RECEIVED). A repeated
+        (strategy, signal_id) creates nothing and returns the existing order."""
+        return self._insert_once(
+            {
+                "client_order_id": signal.client_order_id,
+                "strategy_id": strategy.id if strategy else None,
+                "strategy_name": signal.strategy,
+                "signal_id": signal.signal_id,
+                "ticker": signal.ticker,
+                "side": signal.side.value,
+                "quantity": signal.quantity,
+                "order_type": signal.order_type.value,
+                "limit_price": signal.limit_price,
+                "time_in_force": signal.time_in_force.value,
+                "order_metadata": {"signal": signal.to_message()},
+            },
+            actor=actor,
+        )
+
+    def create_malformed(
+        self,
+        *,
+        client_order_id: str,
+        strategy_name: str,
+        signal_id: str,
+        raw: Any,
+        error: str,
+        actor: str,
+    ) -> tuple[Order, bool]:
+        """Record a signal that failed its shape check, so that it is seen and then REJECTED."""
+        return self._insert_once(
+            {
+                "client_order_id": client_order_id,
+                "strategy_name": strategy_name,
+                "signal_id": signal_id,
+                "order_metadata": {"raw_signal": raw, "error": error},
+            },
+            actor=actor,
+        )
+
+    def _insert_once(self, values: dict[str, Any], *, actor: str) -> tuple[Order, bool]:
+        values = {**values, "state": OrderState.IDLE.value}
+        order_id = self.session.scalar(
+            insert(Order)
+            .values(**values)
+            .on_conflict_do_nothing()  # client_order_id or (strategy, signal_id) seen before
+            .returning(Order.id)
+        )
+        if order_id is None:
+            existing = self.find_by_client_order_id(values["client_order_id"])
+            if existing is None:  # same (strategy, signal_id) cannot have another coid
+                raise OrderNotFound(f"no order for {values['client_order_id']}")
+            return existing, False
+        order = self.lock(order_id)
+        self.transition(order, OrderState.SIGNAL_RECEIVED, reason="signal received", actor=actor)
+        return order, True
+
+    # -- changing ------------------------------------------------------------------------
+
+    def transition(
+        self,
+        order: Order | int,
+        target: OrderState,
+        *,
+        reason: str | None,
+        actor: str,
+        events: Sequence[Event] = (),
+        **changes: Any,
+    ) -> Order:
+        """Move the order to `target`; raise InvalidTransition (writing nothing) otherwise."""
+        order = self.lock(order if isinstance(order, int) else order.id)
+        source = OrderState(order.state)
+        check_transition(source, target)
+        self._apply(order, changes)
+        order.state = target.value
+        if reason is not None:
+            order.reason = reason
+        self.session.add(
+            OrderTransition(
+                order_id=order.id,
+                from_state=source.value,
+                to_state=target.value,
+                reason=reason,
+                actor=actor,
+            )
+        )
+        self.session.flush()
+        event_type = transition_event_type(source, target)
+        if event_type is not None:
+            emit(
+                self.session,
+                order_event(
+                    order,
+                    event_type,
+                    from_state=source.value,
+                    to_state=target.value,
+                    reason=reason,
+                    filled_quantity=str(order.filled_quantity),
+                    avg_fill_price=_str_or_none(order.avg_fill_price),
+                ),
+            )
+        for event in events:
+            emit(self.session, event)
+        return order
+
+    def update(self, order: Order | int, **changes: Any) -> Order:
+        """Change non-state fields (attempt counters, brokerage ids) under the row lock."""
+        order = self.lock(order if isinstance(order, int) else order.id)
+        self._apply(order, changes)
+        self.session.flush()
+        return order
+
+    def merge_metadata(self, order: Order, **entries: Any) -> None:
+        order.order_metadata = {**(order.order_metadata or {}), **entries}
+
+    def flag_for_review(self, order: Order | int, reason: str, *, actor: str) -> Order:
+        """Mark the order for a human (ORDER_NEEDS_REVIEW); idempotent per reason."""
+        order = self.lock(order if isinstance(order, int) else order.id)
+        if order.needs_manual_review and order.reason == reason:
+            return order
+        order.needs_manual_review = True
+        order.reason = reason
+        self.session.add(
+            ReviewItem(kind="order", order_id=order.id, ticker=order.ticker, reason=reason)
+        )
+        self.session.flush()
+        emit(
+            self.session,
+            order_event(order, EventType.ORDER_NEEDS_REVIEW, reason=reason, actor=actor),
+        )
+        return order
+
+    def resolve_review(
+        self, order: Order | int, *, note: str, actor: str, target: OrderState | None = None
+    ) -> Order:
+        """Close the order's review entries, optionally moving it (audited) to `target`."""
+        order = self.lock(order if isinstance(order, int) else order.id)
+        if target is not None and target.value != order.state:
+            self.transition(order, target, reason=f"manual review: {note}", actor=actor)
+        order.needs_manual_review = False
+        now = datetime.now(UTC)
+        for item in self.session.scalars(
+            select(ReviewItem).where(
+                ReviewItem.order_id == order.id, ReviewItem.resolved_at.is_(None)
+            )
+        ):
+            item.resolved_at = now
+            item.resolution_note = note
+        self.session.flush()
+        return order
+
+    def _apply(self, order: Order, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"OrderManager cannot change {sorted(unknown)}")
+        for name, value in changes.items():
+            setattr(order, name, value)
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
