@@ -92,8 +92,15 @@ class UnitOfWork:
 class Database:
     """The composition of engine, session factory and after-commit hook."""
 
-    def __init__(self, url: str, after_commit: AfterCommit | None = None, **engine_kw: int) -> None:
-        self.engine = make_engine(url, **engine_kw)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        url: str,
+        after_commit: AfterCommit | None = None,
+        *,
+        pool_size: int = 5,
+        application_name: str = "arbiter",
+    ) -> None:
+        self.engine = make_engine(url, pool_size=pool_size, application_name=application_name)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.after_commit = after_commit
 

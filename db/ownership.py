@@ -1,0 +1,186 @@
+"""Ticker ownership in Postgres: the per-ticker lock, claims, transfers and releases.
+
+Check-and-claim for one ticker is serialised across every worker on every machine by a
+transaction-scoped advisory lock; the partial unique index on live primary owners is the
+database's last word should any code path forget it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from core.events import Event, EventType
+from core.positions import PositionState, merge
+from core.states import TERMINAL_STATES
+from core.strategies import lock_until
+from db.models import Order, Position, Strategy, TickerOwnership
+from db.outbox import emit
+from db.positions import get_or_create_position
+
+_TICKER_LOCK_NAMESPACE = 0x4152  # "AR": keeps our advisory locks apart from anyone else's
+
+
+def lock_ticker(session: Session, ticker: str) -> None:
+    """Hold the ticker's lock until the transaction ends."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:ns, hashtext(:ticker))"),
+        {"ns": _TICKER_LOCK_NAMESPACE, "ticker": ticker},
+    )
+
+
+def current_owner(session: Session, ticker: str) -> TickerOwnership | None:
+    return session.scalar(
+        select(TickerOwnership).where(
+            TickerOwnership.ticker == ticker,
+            TickerOwnership.is_primary,
+            TickerOwnership.released_at.is_(None),
+        )
+    )
+
+
+def _ownership_event(
+    event_type: EventType, row: TickerOwnership, strategy: str, **payload: object
+) -> Event:
+    return Event(
+        type=event_type,
+        strategy=strategy,
+        ticker=row.ticker,
+        order_id=row.acquired_by_order_id,
+        payload={
+            "locked_until": row.locked_until.isoformat() if row.locked_until else None,
+            **payload,
+        },
+    )
+
+
+def claim(
+    session: Session, ticker: str, strategy: Strategy, order_id: int | None, reason: str
+) -> TickerOwnership:
+    now = datetime.now(UTC)
+    row = TickerOwnership(
+        ticker=ticker,
+        strategy_id=strategy.id,
+        strategy=strategy,
+        locked_until=lock_until(strategy.config, now),
+        acquired_by_order_id=order_id,
+    )
+    session.add(row)
+    session.flush()
+    emit(session, _ownership_event(EventType.OWNERSHIP_ACQUIRED, row, strategy.name, reason=reason))
+    return row
+
+
+def release(session: Session, row: TickerOwnership, reason: str) -> None:
+    row.released_at = datetime.now(UTC)
+    row.release_reason = reason
+    session.flush()
+    emit(
+        session,
+        _ownership_event(EventType.OWNERSHIP_RELEASED, row, row.strategy.name, reason=reason),
+    )
+
+
+def transfer(
+    session: Session, row: TickerOwnership, to: Strategy, order_id: int, reason: str
+) -> TickerOwnership:
+    """Move ownership (and the previous owner's attributed position) to `to`."""
+    previous = row.strategy
+    row.released_at = datetime.now(UTC)
+    row.release_reason = f"transferred to {to.name}"
+    session.flush()
+    now = datetime.now(UTC)
+    new_row = TickerOwnership(
+        ticker=row.ticker,
+        strategy_id=to.id,
+        strategy=to,
+        locked_until=lock_until(to.config, now),
+        acquired_by_order_id=order_id,
+    )
+    session.add(new_row)
+    session.flush()
+    moved = _move_position(session, row.ticker, previous.id, to.id)
+    emit(
+        session,
+        _ownership_event(
+            EventType.OWNERSHIP_TRANSFERRED,
+            new_row,
+            to.name,
+            from_strategy=previous.name,
+            to_strategy=to.name,
+            position_moved=str(moved),
+            reason=reason,
+        ),
+    )
+    return new_row
+
+
+def _move_position(session: Session, ticker: str, from_id: int, to_id: int) -> Decimal:
+    """Re-attribute the previous owner's position in `ticker` to the new owner."""
+    source = session.scalar(
+        select(Position)
+        .where(Position.strategy_id == from_id, Position.ticker == ticker)
+        .with_for_update()
+    )
+    if source is None or source.quantity == 0:
+        return Decimal(0)
+    target = get_or_create_position(session, to_id, ticker)
+    merged = merge(
+        PositionState(target.quantity, target.avg_cost, target.realized_pnl),
+        PositionState(source.quantity, source.avg_cost),
+    )
+    moved = source.quantity
+    target.quantity, target.avg_cost = merged.quantity, merged.avg_cost
+    source.quantity, source.avg_cost = Decimal(0), Decimal(0)
+    session.flush()
+    return moved
+
+
+def release_if_unused(
+    session: Session, ticker: str, strategy_id: int, reason: str, exclude: int | None = None
+) -> bool:
+    """Release `strategy_id`'s claim on `ticker` when it holds no position there and has no
+    live order in it (other than `exclude`). Call with the ticker lock held."""
+    row = current_owner(session, ticker)
+    if row is None or row.strategy_id != strategy_id:
+        return False
+    held = session.scalar(
+        select(Position.quantity).where(
+            Position.strategy_id == strategy_id, Position.ticker == ticker
+        )
+    )
+    if held:
+        return False
+    live_orders = session.scalar(
+        select(func.count())
+        .select_from(Order)
+        .where(
+            Order.strategy_id == strategy_id,
+            Order.ticker == ticker,
+            Order.state.notin_([s.value for s in TERMINAL_STATES]),
+            Order.id != (exclude or 0),
+        )
+    )
+    if live_orders:
+        return False
+    release(session, row, reason)
+    return True
+
+
+def release_for_strategy(session: Session, strategy: Strategy, reason: str) -> list[str]:
+    """Release every ticker `strategy` owns (deactivation). Returns the tickers."""
+    rows = list(
+        session.scalars(
+            select(TickerOwnership).where(
+                TickerOwnership.strategy_id == strategy.id,
+                TickerOwnership.released_at.is_(None),
+            )
+        )
+    )
+    for row in rows:
+        lock_ticker(session, row.ticker)
+        release(session, row, reason)
+    return [row.ticker for row in rows]

@@ -1,0 +1,93 @@
+"""Positions per (strategy, ticker), changed only by applying fills (and ownership transfers)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.brokerage import Side
+from core.events import Event, EventType
+from core.positions import PositionState, apply_fill
+from db.models import Position
+from db.outbox import emit
+
+
+def get_or_create_position(session: Session, strategy_id: int, ticker: str) -> Position:
+    """The row, locked for update; created empty the first time."""
+    session.execute(
+        insert(Position)
+        .values(strategy_id=strategy_id, ticker=ticker)
+        .on_conflict_do_nothing(index_elements=["strategy_id", "ticker"])
+    )
+    position = session.scalar(
+        select(Position)
+        .where(Position.strategy_id == strategy_id, Position.ticker == ticker)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert position is not None
+    return position
+
+
+def strategy_quantity(session: Session, strategy_id: int, ticker: str) -> Decimal:
+    quantity = session.scalar(
+        select(Position.quantity).where(
+            Position.strategy_id == strategy_id, Position.ticker == ticker
+        )
+    )
+    return quantity or Decimal(0)
+
+
+def book_fill(
+    session: Session,
+    *,
+    strategy_id: int,
+    strategy_name: str,
+    ticker: str,
+    side: Side,
+    quantity: Decimal,
+    price: Decimal,
+    order_id: int,
+) -> Position:
+    """Apply one fill to the strategy's position and emit POSITION_OPENED/UPDATED/CLOSED."""
+    position = get_or_create_position(session, strategy_id, ticker)
+    before = position.quantity
+    after = apply_fill(
+        PositionState(position.quantity, position.avg_cost, position.realized_pnl),
+        side,
+        quantity,
+        price,
+    )
+    position.quantity, position.avg_cost, position.realized_pnl = (
+        after.quantity,
+        after.avg_cost,
+        after.realized_pnl,
+    )
+    session.flush()
+    if before == 0 and after.quantity != 0:
+        event_type = EventType.POSITION_OPENED
+    elif after.quantity == 0:
+        event_type = EventType.POSITION_CLOSED
+    else:
+        event_type = EventType.POSITION_UPDATED
+    emit(
+        session,
+        Event(
+            type=event_type,
+            order_id=order_id,
+            strategy=strategy_name,
+            ticker=ticker,
+            payload={
+                "side": side.value,
+                "fill_quantity": str(quantity),
+                "fill_price": str(price),
+                "quantity": str(after.quantity),
+                "avg_cost": str(after.avg_cost),
+                "realized_pnl": str(after.realized_pnl),
+            },
+        ),
+    )
+    return position

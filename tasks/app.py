@@ -1,0 +1,84 @@
+"""The Celery application: the one composition root for configuration.
+
+Each setting below is chosen for this workload (money moves on these messages):
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from core.settings import Settings, get_settings
+from tasks.routing import MAINTENANCE_QUEUE, ORDERS_QUEUE, SIGNALS_QUEUE, TASK_ROUTES
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    redis_url = settings.redis_url or DEFAULT_REDIS_URL
+    transport = {
+        # A task unacked for this long is redelivered to another worker. It must exceed the
+        # longest task and any retry countdown, or a slow task would run twice.
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+    }
+    return {
+        "broker_url": redis_url,
+        "broker_transport_options": transport,
+        # No result backend: tasks hand the order id down the chain; state lives in Postgres.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Ack after the task ran, and give a task back to the queue if its worker process
+        # died: without reject_on_worker_lost a SIGKILLed child's message is acked and lost.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: a crash loses no prefetched work to a timeout,
+        # and a slow brokerage call does not hold signals hostage.
+        "worker_prefetch_multiplier": 1,
+        # When Redis goes away, long-running tasks are cancelled and redelivered rather than
+        # left half-acked.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": max(settings.task_time_limit_s - 10, 1),
+        # JSON only: a pickle message is refused, never executed.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # Task events, so Flower shows every task with its arguments.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_routes": TASK_ROUTES,
+        "task_default_queue": SIGNALS_QUEUE,
+        "task_queues": [Queue(SIGNALS_QUEUE), Queue(ORDERS_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+TASK_MODULES = ["tasks.pipeline", "tasks.maintenance"]
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("arbiter", include=TASK_MODULES)
+    app.config_from_object(celery_config(settings))
+    from beat_schedule import beat_schedule
+
+    app.conf.beat_schedule = beat_schedule(settings)
+    return app
+
+
+_app: Celery | None = None
+
+
+def get_app() -> Celery:
+    global _app
+    if _app is None:
+        _app = create_app()
+    return _app

@@ -1,0 +1,116 @@
+"""The signal pipeline: intake -> validate -> check_conflict -> submit, chained.
+
+Each task takes an order id, opens a unit of work, calls one step in db/pipeline.py, commits
+and returns the id for the next link. Every step is idempotent on the order's state, so a
+redelivered or re-enqueued task does nothing harmful.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+
+from core.brokerage import BrokerOrder
+from core.errors import BrokerageRejected, BrokerageUnavailable, DuplicateClientOrderId
+from core.states import OrderState
+from db import pipeline as steps
+from db.order_manager import OrderManager
+from db.settlement import release_unfilled_claim, settle
+from tasks import routing
+from tasks.crashpoints import crash_point
+from tasks.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=routing.INTAKE, bind=True)
+def intake(self: Task, raw_signal: Any) -> int:
+    with runtime().database.unit_of_work() as uow:
+        order_id = steps.intake(
+            uow.session, raw_signal, actor=routing.INTAKE, message_id=str(self.request.id)
+        )
+        uow.commit()
+    return order_id
+
+
+@shared_task(name=routing.VALIDATE)
+def validate(order_id: int) -> int:
+    rt = runtime()
+    with rt.database.unit_of_work() as uow:
+        steps.validate(uow.session, order_id, rt.risk_limits, actor=routing.VALIDATE)
+        uow.commit()
+    return order_id
+
+
+@shared_task(name=routing.CHECK_CONFLICT)
+def check_conflict(order_id: int) -> int:
+    with runtime().database.unit_of_work() as uow:
+        steps.check_conflict(uow.session, order_id, actor=routing.CHECK_CONFLICT)
+        uow.commit()
+    return order_id
+
+
+@shared_task(
+    name=routing.SUBMIT,
+    bind=True,
+    autoretry_for=(BrokerageUnavailable,),
+    retry_backoff=1,
+    retry_backoff_max=30,  # far below the visibility timeout: a retry is never redelivered
+    retry_jitter=True,
+    max_retries=5,
+)
+def submit(self: Task, order_id: int) -> int:
+    """Send the order to the brokerage at most once per client_order_id.
+
+    The attempt is recorded before the call, so a crash after the brokerage accepted is seen
+    by the next attempt (which asks by client_order_id first) or by reconciliation. When
+    retries run out the order stays ORDER_PENDING and reconciliation settles it."""
+    rt = runtime()
+    with rt.database.unit_of_work() as uow:
+        plan = steps.begin_submit(uow.session, order_id)
+        uow.commit()
+    if plan is None:
+        return order_id
+
+    report: BrokerOrder | None = None
+    if plan.attempt > 1:
+        report = rt.brokerage.get_by_client_order_id(plan.request.client_order_id)
+    if report is None:
+        try:
+            report = rt.brokerage.submit(plan.request)
+        except DuplicateClientOrderId:
+            report = rt.brokerage.get_by_client_order_id(plan.request.client_order_id)
+            if report is None:
+                raise BrokerageUnavailable("duplicate reported but order not found yet") from None
+        except BrokerageRejected as exc:
+            _record_rejection(order_id, exc.reason)
+            return order_id
+    crash_point("after_brokerage_accepted")
+
+    with rt.database.unit_of_work() as uow:
+        order = OrderManager(uow.session).lock(order_id)
+        if order.state == OrderState.ORDER_PENDING.value and report.state is OrderState.ORDER_SENT:
+            OrderManager(uow.session).transition(
+                order,
+                OrderState.ORDER_SENT,
+                reason="accepted by the brokerage",
+                actor=routing.SUBMIT,
+                brokerage_order_id=report.brokerage_order_id,
+            )
+        settle(uow.session, order, report, actor=routing.SUBMIT)
+        uow.commit()
+    return order_id
+
+
+def _record_rejection(order_id: int, reason: str) -> None:
+    with runtime().database.unit_of_work() as uow:
+        manager = OrderManager(uow.session)
+        order = manager.lock(order_id)
+        if order.state == OrderState.ORDER_PENDING.value:
+            manager.transition(
+                order, OrderState.REJECTED, reason=f"brokerage: {reason}", actor=routing.SUBMIT
+            )
+            release_unfilled_claim(uow.session, order)
+        uow.commit()

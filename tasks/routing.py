@@ -1,0 +1,40 @@
+"""Task names and queues, shared by the worker and by the light client (no task code here).
+
+Queues keep the hot path apart from maintenance: `signals` carries intake, validation and the
+conflict check (Postgres only); `orders` carries brokerage submission (network-bound, retried);
+`maintenance` carries the beat schedule's work, so a slow reconciliation never delays a signal.
+"""
+
+from __future__ import annotations
+
+SIGNALS_QUEUE = "signals"
+ORDERS_QUEUE = "orders"
+MAINTENANCE_QUEUE = "maintenance"
+
+INTAKE = "arbiter.intake"
+VALIDATE = "arbiter.validate"
+CHECK_CONFLICT = "arbiter.check_conflict"
+SUBMIT = "arbiter.submit"
+
+RECONCILE_ORDERS = "arbiter.reconcile_orders"
+RECOVER_STALLED = "arbiter.recover_stalled"
+RECONCILE_POSITIONS = "arbiter.reconcile_positions"
+RELAY_EVENTS = "arbiter.relay_events"
+EXPIRE_OWNERSHIP = "arbiter.expire_ownership"
+STARTUP_RECOVERY = "arbiter.startup_recovery"
+
+TASK_ROUTES = {
+    INTAKE: {"queue": SIGNALS_QUEUE},
+    VALIDATE: {"queue": SIGNALS_QUEUE},
+    CHECK_CONFLICT: {"queue": SIGNALS_QUEUE},
+    SUBMIT: {"queue": ORDERS_QUEUE},
+    "arbiter.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+    RECONCILE_ORDERS: {"queue": MAINTENANCE_QUEUE},
+    RECOVER_STALLED: {"queue": MAINTENANCE_QUEUE},
+    RECONCILE_POSITIONS: {"queue": MAINTENANCE_QUEUE},
+    RELAY_EVENTS: {"queue": MAINTENANCE_QUEUE},
+    EXPIRE_OWNERSHIP: {"queue": MAINTENANCE_QUEUE},
+    STARTUP_RECOVERY: {"queue": MAINTENANCE_QUEUE},
+}
+
+PIPELINE = (INTAKE, VALIDATE, CHECK_CONFLICT, SUBMIT)

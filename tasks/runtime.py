@@ -1,0 +1,63 @@
+"""Per-process resources, built once after fork: settings, database, event publisher,
+brokerage. Tasks receive them from here; nothing reaches through `current_app`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from core.brokerage import Brokerage
+from core.risk import RiskLimits
+from core.settings import Settings, get_settings
+from db.engine import Database
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def database(self) -> Database:
+        if not self.settings.database_url:
+            raise RuntimeError("ARBITER_DATABASE_URL is not set (run `arbiter up`, or set it)")
+        database = Database(self.settings.database_url, application_name=f"arbiter-{os.getpid()}")
+        database.after_commit = self.publisher.after_commit
+        return database
+
+    @cached_property
+    def publisher(self):  # type: ignore[no-untyped-def]
+        from tasks.events import EventPublisher
+
+        return EventPublisher(
+            self.settings.redis_url or "redis://127.0.0.1:6379/0",
+            self.settings.event_channel_prefix,
+            self.database,
+        )
+
+    @cached_property
+    def brokerage(self) -> Brokerage:
+        from tasks.alpaca import AlpacaBrokerage
+
+        return AlpacaBrokerage.from_settings(self.settings)
+
+    @cached_property
+    def risk_limits(self) -> RiskLimits:
+        s = self.settings
+        return RiskLimits(
+            max_order_quantity=s.max_order_quantity,
+            max_order_notional=s.max_order_notional,
+            max_open_orders=s.max_open_orders_per_strategy,
+            max_signals_per_minute=s.max_signals_per_minute,
+        )
+
+
+_runtime: tuple[int, Runtime] | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime; a forked child builds its own."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (os.getpid(), Runtime(get_settings()))
+    return _runtime[1]
