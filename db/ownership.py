@@ -123,7 +123,7 @@ def _move_position(session: Session, ticker: str, from_id: int, to_id: int) -> D
     source = session.scalar(
         select(Position)
         .where(Position.strategy_id == from_id, Position.ticker == ticker)
-        .with_for_update()
+        .with_for_update(of=Position)
     )
     if source is None or source.quantity == 0:
         return Decimal(0)

@@ -151,8 +151,9 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
         now,
     )
     events = []
-    if decision.conflict:
-        assert strategy is not None and owner_row is not None
+    # Every decision on an owned ticker is logged (the owner's own trades read "allowed");
+    # only a real conflict (another owner) is announced.
+    if owner_row is not None and strategy is not None:
         session.add(
             ConflictLog(
                 order_id=order.id,
@@ -166,6 +167,8 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
                 reasoning=decision.reasoning,
             )
         )
+    if decision.conflict:
+        assert strategy is not None and owner_row is not None
         conflict = {
             "requesting_strategy": strategy.name,
             "owning_strategy": owner_row.strategy.name,

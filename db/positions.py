@@ -25,7 +25,7 @@ def get_or_create_position(session: Session, strategy_id: int, ticker: str) -> P
     position = session.scalar(
         select(Position)
         .where(Position.strategy_id == strategy_id, Position.ticker == ticker)
-        .with_for_update()
+        .with_for_update(of=Position)
         .execution_options(populate_existing=True)
     )
     assert position is not None

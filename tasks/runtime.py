@@ -11,6 +11,8 @@ from core.brokerage import Brokerage
 from core.risk import RiskLimits
 from core.settings import Settings, get_settings
 from db.engine import Database
+from tasks.app import DEFAULT_REDIS_URL
+from tasks.events import EventPublisher, attach_publisher
 
 
 @dataclass
@@ -21,18 +23,15 @@ class Runtime:
     def database(self) -> Database:
         if not self.settings.database_url:
             raise RuntimeError("ARBITER_DATABASE_URL is not set (run `arbiter up`, or set it)")
-        database = Database(self.settings.database_url, application_name=f"arbiter-{os.getpid()}")
-        database.after_commit = self.publisher.after_commit
-        return database
+        return Database(self.settings.database_url, application_name=f"arbiter-{os.getpid()}")
 
     @cached_property
-    def publisher(self):  # type: ignore[no-untyped-def]
-        from tasks.events import EventPublisher
-
-        return EventPublisher(
-            self.settings.redis_url or "redis://127.0.0.1:6379/0",
-            self.settings.event_channel_prefix,
+    def publisher(self) -> EventPublisher:
+        """Publishes each committed transaction's events; the database's after-commit hook."""
+        return attach_publisher(
             self.database,
+            self.settings.redis_url or DEFAULT_REDIS_URL,
+            self.settings.event_channel_prefix,
         )
 
     @cached_property
@@ -59,5 +58,7 @@ def runtime() -> Runtime:
     """This process's runtime; a forked child builds its own."""
     global _runtime
     if _runtime is None or _runtime[0] != os.getpid():
-        _runtime = (os.getpid(), Runtime(get_settings()))
+        built = Runtime(get_settings())
+        _ = built.publisher  # wire the after-commit hook before the first unit of work
+        _runtime = (os.getpid(), built)
     return _runtime[1]
