@@ -35,6 +35,7 @@ class Ownership:
     ticker: str
     owner: StrategyView
     locked_until: datetime | None = None
+    owner_orders_in_flight: int = 0  # the owner's live orders in this ticker
 
     def locked_at(self, now: datetime) -> bool:
         return self.locked_until is not None and self.locked_until > now
@@ -102,6 +103,16 @@ def decide(
             Resolution.BLOCKED,
             f"BLOCKED {requester.name} {action}: {owner.name}'s ownership of {ticker} is locked "
             f"until {ownership.locked_until:%Y-%m-%d %H:%M} UTC, {ranks}",
+            conflict=True,
+            previous_owner=owner,
+        )
+    if ownership.owner_orders_in_flight:
+        # Moving the position while the owner's orders are live would let their fills land
+        # on a strategy that no longer owns the ticker.
+        return ConflictDecision(
+            Resolution.BLOCKED,
+            f"BLOCKED {requester.name} {action}: higher priority, but {owner.name} has "
+            f"{ownership.owner_orders_in_flight} order(s) in flight on {ticker}, {ranks}",
             conflict=True,
             previous_owner=owner,
         )

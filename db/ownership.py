@@ -75,7 +75,7 @@ def claim(
 
 
 def release(session: Session, row: TickerOwnership, reason: str) -> None:
-    row.released_at = datetime.now(UTC)
+    row.released_at = func.clock_timestamp()
     row.release_reason = reason
     session.flush()
     emit(
@@ -89,7 +89,7 @@ def transfer(
 ) -> TickerOwnership:
     """Move ownership (and the previous owner's attributed position) to `to`."""
     previous = row.strategy
-    row.released_at = datetime.now(UTC)
+    row.released_at = func.clock_timestamp()
     row.release_reason = f"transferred to {to.name}"
     session.flush()
     now = datetime.now(UTC)

@@ -145,7 +145,14 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
         order.strategy_name,
         order.ticker,
         side,
-        Ownership(order.ticker, _view(owner_row.strategy), owner_row.locked_until)
+        Ownership(
+            order.ticker,
+            _view(owner_row.strategy),
+            owner_row.locked_until,
+            repo.live_order_count(session, owner_row.strategy_id, order.ticker),
+        )
+        if owner_row and owner_row.strategy_id != order.strategy_id
+        else Ownership(order.ticker, _view(owner_row.strategy), owner_row.locked_until)
         if owner_row
         else None,
         now,

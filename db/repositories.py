@@ -135,6 +135,28 @@ def open_order_count(session: Session, strategy_name: str, exclude: int) -> int:
     )
 
 
+def live_order_count(session: Session, strategy_id: int, ticker: str) -> int:
+    """The strategy's orders in `ticker` that may still trade (validated, not terminal)."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Order)
+            .where(
+                Order.strategy_id == strategy_id,
+                Order.ticker == ticker,
+                Order.state.in_(
+                    [
+                        OrderState.ORDER_PENDING.value,
+                        OrderState.ORDER_SENT.value,
+                        OrderState.PARTIAL_FILLED.value,
+                    ]
+                ),
+            )
+        )
+        or 0
+    )
+
+
 def recent_signal_count(session: Session, strategy_name: str, exclude: int) -> int:
     since = datetime.now(UTC) - timedelta(minutes=1)
     return (

@@ -1,0 +1,118 @@
+"""The ASGI app: auth on every /v2 and /admin request, fault injection on /v2, Alpaca-shaped
+errors everywhere (a malformed request gets a 4xx with {"code", "message"}, never a crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from brokersim import admin, routes
+from brokersim.config import SimConfig
+from brokersim.engine import Engine
+from brokersim.faults import Fault, Faults, FaultSettings
+from brokersim.prices import PriceBook
+from brokersim.store import Store
+from brokersim.validate import ApiError
+
+_UNAUTHORIZED = {"code": 40110000, "message": "request is not authorized"}
+
+
+def _error(status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+def build_engine(config: SimConfig) -> Engine:
+    faults = Faults(
+        FaultSettings(
+            latency_ms=config.latency_ms,
+            error_rate=config.error_rate,
+            garbage_rate=config.garbage_rate,
+            accept_then_timeout_rate=config.accept_then_timeout_rate,
+            hang_ms=config.hang_ms,
+        ),
+        seed=config.seed,
+    )
+    store = Store(config.data_dir, Decimal(config.initial_cash))
+    return Engine(store, PriceBook(config.seed), config, faults)
+
+
+def create_app(config: SimConfig) -> FastAPI:
+    engine = build_engine(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+            engine.store.close()
+
+    app = FastAPI(title="Arbiter brokerage simulator", lifespan=lifespan, openapi_url=None)
+    app.state.engine = engine
+    app.include_router(routes.router)
+    app.include_router(admin.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        path = request.url.path
+        if not path.startswith(("/v2", "/admin")):
+            return await call_next(request)
+        key = request.headers.get("APCA-API-KEY-ID", "")
+        secret = request.headers.get("APCA-API-SECRET-KEY", "")
+        if not (key and secret):
+            return JSONResponse(_UNAUTHORIZED, status_code=401)
+        if not (
+            hmac.compare_digest(key, config.api_key)
+            and hmac.compare_digest(secret, config.api_secret)
+        ):
+            return JSONResponse(_UNAUTHORIZED, status_code=403)
+        if path.startswith("/admin"):
+            return await call_next(request)
+        knobs = engine.faults.settings
+        if knobs.latency_ms:
+            await asyncio.sleep(knobs.latency_ms / 1000)
+        submission = request.method == "POST" and path == "/v2/orders"
+        fault = engine.faults.draw(order_submission=submission)
+        if fault is Fault.ERROR:
+            return _error(503, 50300000, "service unavailable (injected fault)")
+        if fault is Fault.GARBAGE:
+            return Response("<html><body>502 gateway hiccup", media_type="text/html")
+        response = await call_next(request)
+        if fault is Fault.ACCEPT_THEN_TIMEOUT:
+            # The order is stored; the client gives up before it hears so.
+            await asyncio.sleep(knobs.hang_ms / 1000)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: 40410000, 405: 40510000}.get(exc.status_code, exc.status_code * 100000)
+        return _error(exc.status_code, code, str(exc.detail).lower())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, 40010001, "invalid request: " + str(exc.errors()[0].get("msg", "")))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, 50010000, f"internal error: {type(exc).__name__}")
+
+    return app

@@ -1,0 +1,317 @@
+"""The brokerage adapter over the official alpaca-py SDK (Alpaca Trading API v2, or the bundled
+simulator at the same URL shape).
+
+alpaca-py's own errors are translated into core.errors with `raise ... from exc`:
+
+    requests Timeout / ConnectionError, HTTP 5xx, HTTP 429    -> BrokerageUnavailable
+    HTTP 401 / 403                                            -> BrokerageAuthError
+    HTTP 422 "client_order_id must be unique"                 -> DuplicateClientOrderId
+    any other HTTP 4xx                                        -> BrokerageRejected(reason)
+    a body that is not JSON or not the expected shape         -> BrokerageProtocolError
+
+Every request carries a timeout, and alpaca-py's 429 sleep-and-retry loop is switched off:
+Celery owns retries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from typing import Any, TypeVar
+
+import requests
+from alpaca.common.enums import Sort
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.models import Order, Position, TradeAccount, TradeActivity
+from alpaca.trading.requests import GetOrdersRequest
+from pydantic import BaseModel, ValidationError
+
+from core.brokerage import (
+    BrokerAccount,
+    BrokerFill,
+    BrokerOrder,
+    BrokerPosition,
+    OrderRequest,
+    OrderType,
+    Side,
+)
+from core.errors import (
+    BrokerageAuthError,
+    BrokerageProtocolError,
+    BrokerageRejected,
+    BrokerageUnavailable,
+    DuplicateClientOrderId,
+)
+from core.settings import Settings
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+PAGE_SIZE = 500  # Alpaca's maximum for GET /v2/orders
+FILL_PAGE_SIZE = 100  # Alpaca's maximum for account activities
+_TICK = timedelta(microseconds=1)
+
+
+class _TimeoutSession(requests.Session):
+    """A requests session that never waits forever: alpaca-py passes no timeout of its own."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout_s)
+        return super().request(method, url, *args, **kwargs)
+
+
+def _error_body(exc: APIError) -> tuple[int | None, str]:
+    """Alpaca's {"code", "message"}, or the raw text when the error body is not JSON."""
+    text = str(exc)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None, text[:200]
+    if isinstance(body, dict):
+        code = body.get("code")
+        return (code if isinstance(code, int) else None), str(body.get("message", text))
+    return None, text[:200]
+
+
+def translate(exc: Exception) -> Exception:
+    """The core.errors exception for a vendor exception (raise the result `from exc`)."""
+    if isinstance(exc, requests.exceptions.JSONDecodeError):
+        return BrokerageProtocolError(f"brokerage answered with a body that is not JSON: {exc}")
+    if isinstance(
+        exc,
+        requests.exceptions.Timeout
+        | requests.exceptions.ConnectionError
+        | requests.exceptions.ChunkedEncodingError,
+    ):
+        return BrokerageUnavailable(f"brokerage unreachable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, APIError):
+        status = exc.status_code
+        code, message = _error_body(exc)
+        if status in (401, 403):
+            return BrokerageAuthError(f"brokerage refused the credentials ({status}): {message}")
+        if status is None or status == 429 or status >= 500:
+            return BrokerageUnavailable(f"brokerage unavailable ({status}): {message}")
+        if status == 422 and "client_order_id" in message and "unique" in message:
+            return DuplicateClientOrderId(message, status_code=status)
+        return BrokerageRejected(message or f"HTTP {status} (code {code})", status_code=status)
+    if isinstance(exc, ValidationError | TypeError | ValueError | KeyError | ArithmeticError):
+        return BrokerageProtocolError(f"brokerage answered something unreadable: {exc}")
+    if isinstance(exc, requests.exceptions.RequestException):
+        return BrokerageProtocolError(f"brokerage request failed: {type(exc).__name__}: {exc}")
+    return exc
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(str(value))
+
+
+def _model(model: type[M], raw: object) -> M:
+    """alpaca-py returns a model or, for raw calls, a dict; anything else is unreadable."""
+    if isinstance(raw, model):
+        return raw
+    if isinstance(raw, dict):
+        return model(**raw)
+    raise TypeError(f"expected a {model.__name__} object, got {type(raw).__name__}")
+
+
+def _models(model: type[M], raw: object) -> list[M]:
+    if not isinstance(raw, list):
+        raise TypeError(f"expected a list of {model.__name__}, got {type(raw).__name__}")
+    return [_model(model, item) for item in raw]
+
+
+def to_broker_order(order: Order) -> BrokerOrder:
+    """alpaca-py's Order as ours. Order types other than market and limit (placed outside
+    Arbiter) are reported by whether they carry a limit price."""
+    if order.symbol is None or order.side is None or order.qty is None:
+        raise BrokerageProtocolError(f"order {order.id} lacks symbol, side or qty")
+    kind = order.type.value if order.type is not None else "market"
+    limit_price = None if order.limit_price is None else _dec(order.limit_price)
+    if kind not in (OrderType.MARKET, OrderType.LIMIT):
+        kind = OrderType.LIMIT if limit_price is not None else OrderType.MARKET
+    avg = order.filled_avg_price
+    return BrokerOrder(
+        brokerage_order_id=str(order.id),
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=Side(order.side.value),
+        quantity=_dec(order.qty),
+        status=order.status.value.lower(),
+        filled_quantity=_dec(order.filled_qty or 0),
+        avg_fill_price=None if avg in (None, "") else _dec(avg),
+        order_type=OrderType(kind),
+        limit_price=limit_price,
+        submitted_at=order.submitted_at,
+        updated_at=order.updated_at,
+    )
+
+
+class AlpacaBrokerage:
+    """core.brokerage.Brokerage over alpaca-py's TradingClient. `calls` counts HTTP requests."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        secret_key: str,
+        *,
+        timeout_s: float = 5.0,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.page_size = page_size
+        self.calls = 0
+        self.client = TradingClient(api_key, secret_key, url_override=self.url)
+        self.client._session = _TimeoutSession(timeout_s)
+        # alpaca-py sleeps and retries 429s itself (3 times, 3 s apart by default); with
+        # _retry = 0 it makes one attempt and raises, and Celery decides about retrying.
+        self.client._retry = 0
+        self.client._retry_wait = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlpacaBrokerage:
+        return cls(
+            settings.brokerage_url,
+            settings.brokerage_key,
+            settings.brokerage_secret,
+            timeout_s=settings.brokerage_timeout_s,
+        )
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        self.calls += 1
+        try:
+            return fn()
+        except Exception as exc:
+            translated = translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    # --- orders -----------------------------------------------------------------------------
+
+    def submit(self, request: OrderRequest) -> BrokerOrder:
+        # Posted as a dict rather than alpaca-py's OrderRequest, whose qty is a float: Alpaca
+        # accepts decimal strings, and money stays exact.
+        body: dict[str, Any] = {
+            "symbol": request.symbol,
+            "qty": str(request.quantity),
+            "side": request.side.value,
+            "type": request.order_type.value,
+            "time_in_force": request.time_in_force.value,
+            "client_order_id": request.client_order_id,
+        }
+        if request.limit_price is not None:
+            body["limit_price"] = str(request.limit_price)
+        return self._call(lambda: to_broker_order(_model(Order, self.client.post("/orders", body))))
+
+    def get(self, brokerage_order_id: str) -> BrokerOrder:
+        return self._call(
+            lambda: to_broker_order(_model(Order, self.client.get(f"/orders/{brokerage_order_id}")))
+        )
+
+    def get_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
+        try:
+            return self._call(
+                lambda: to_broker_order(
+                    _model(Order, self.client.get_order_by_client_id(client_order_id))
+                )
+            )
+        except BrokerageRejected as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
+    def list_open_orders(self) -> list[BrokerOrder]:
+        return self._page_orders(QueryOrderStatus.OPEN, since=None)
+
+    def list_orders_since(self, since: datetime) -> list[BrokerOrder]:
+        return self._page_orders(QueryOrderStatus.ALL, since=since - _TICK)
+
+    def _page_orders(self, status: QueryOrderStatus, since: datetime | None) -> list[BrokerOrder]:
+        """Oldest first, `page_size` at a time, each page starting just before the newest
+        submitted_at of the last (so orders sharing a timestamp are not skipped; duplicates
+        are dropped by id)."""
+        seen: dict[str, BrokerOrder] = {}
+        after = since
+        while True:
+            query = GetOrdersRequest(
+                status=status, limit=self.page_size, direction=Sort.ASC, after=after, nested=False
+            )
+            orders = self._call(partial(self._orders_page, query))
+            fresh = [o for o in orders if o.brokerage_order_id not in seen]
+            seen.update((o.brokerage_order_id, o) for o in fresh)
+            if len(orders) < self.page_size or not fresh:
+                break
+            newest = max(o.submitted_at for o in orders if o.submitted_at is not None)
+            after = newest - _TICK
+        return list(seen.values())
+
+    def _orders_page(self, query: GetOrdersRequest) -> list[BrokerOrder]:
+        return [to_broker_order(o) for o in _models(Order, self.client.get_orders(filter=query))]
+
+    def cancel(self, brokerage_order_id: str) -> None:
+        self._call(lambda: self.client.cancel_order_by_id(brokerage_order_id))
+
+    # --- positions, account, fills ----------------------------------------------------------
+
+    def list_positions(self) -> list[BrokerPosition]:
+        return self._call(self._positions)
+
+    def _positions(self) -> list[BrokerPosition]:
+        result = []
+        for p in _models(Position, self.client.get_all_positions()):
+            qty = _dec(p.qty)
+            # Alpaca signs short quantities; be tolerant of a server that does not.
+            if p.side.value == "short" and qty > 0:
+                qty = -qty
+            result.append(BrokerPosition(p.symbol, qty, _dec(p.avg_entry_price)))
+        return result
+
+    def account(self) -> BrokerAccount:
+        return self._call(self._account)
+
+    def _account(self) -> BrokerAccount:
+        acct = _model(TradeAccount, self.client.get_account())
+        return BrokerAccount(
+            account_id=str(acct.id),
+            status=acct.status.value,
+            cash=_dec(acct.cash or 0),
+            buying_power=_dec(acct.buying_power or 0),
+            equity=_dec(acct.equity or 0),
+        )
+
+    def list_fills(self, since: datetime | None = None) -> list[tuple[str, BrokerFill]]:
+        """(brokerage_order_id, fill) for every execution after `since`, oldest first, from
+        GET /v2/account/activities/FILL; fill ids are the brokerage's activity ids."""
+        result: list[tuple[str, BrokerFill]] = []
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"direction": "asc", "page_size": FILL_PAGE_SIZE}
+            if since is not None:
+                params["after"] = since.isoformat()
+            if token is not None:
+                params["page_token"] = token
+            page = self._call(partial(self._fill_page, params))
+            result.extend(page)
+            if len(page) < FILL_PAGE_SIZE:
+                return result
+            token = page[-1][1].fill_id
+
+    def _fill_page(self, params: dict[str, Any]) -> list[tuple[str, BrokerFill]]:
+        raw = self.client.get("/account/activities/FILL", params)
+        return [
+            (str(a.order_id), BrokerFill(a.id, _dec(a.qty), _dec(a.price), a.transaction_time))
+            for a in _models(TradeActivity, raw)
+        ]
+
+
+__all__ = ["AlpacaBrokerage", "to_broker_order", "translate"]

@@ -1,0 +1,178 @@
+"""The embedded services are real servers: TCP, durable data, clean stops, no leftovers."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from arbiter.services import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    ServiceError,
+    libpq_url,
+    postgres_reachable,
+    redis_reachable,
+    resolve_services,
+)
+from tests.fixtures.services import CLAIM_KEY, RedisDbClaim
+
+
+def family(server: EmbeddedPostgres | EmbeddedRedis) -> list[psutil.Process]:
+    pid = server.pid()
+    assert pid is not None and server.is_running()
+    proc = psutil.Process(pid)
+    return [proc, *proc.children(recursive=True)]
+
+
+def assert_gone(procs: list[psutil.Process], port: int | None) -> None:
+    alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port or 0)) != 0, f"something still on {port}"
+
+
+def scalar(url: str, query: str) -> object:
+    with psycopg.connect(libpq_url(url)) as conn:
+        row = conn.execute(query).fetchone()
+        return row[0] if row else None
+
+
+def test_embedded_postgres_serves_tcp_and_keeps_data_across_a_clean_restart(own_postgres):
+    assert own_postgres.url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
+    with psycopg.connect(libpq_url(own_postgres.url)) as conn:
+        conn.execute("CREATE TABLE kept (note text)")
+        conn.execute("INSERT INTO kept VALUES ('survives')")
+    port, procs = own_postgres.port, family(own_postgres)
+
+    own_postgres.stop()
+    assert not own_postgres.is_running()
+    assert_gone(procs, port)
+    assert not postgres_reachable(own_postgres.url, timeout=1)
+
+    assert own_postgres.start() is True
+    assert own_postgres.port == port
+    assert scalar(own_postgres.url, "SELECT note FROM kept") == "survives"
+
+
+def test_embedded_postgres_recovers_committed_rows_after_being_killed(own_postgres):
+    with psycopg.connect(libpq_url(own_postgres.url)) as conn:
+        conn.execute("CREATE TABLE crashed (n int)")
+        conn.execute("INSERT INTO crashed VALUES (7)")
+    port, procs = own_postgres.port, family(own_postgres)
+
+    own_postgres.kill()
+    assert_gone(procs, port)
+
+    own_postgres.restart()
+    assert own_postgres.port == port
+    assert scalar(own_postgres.url, "SELECT n FROM crashed") == 7
+
+
+def test_a_second_start_on_the_same_folder_adopts_the_running_postgres(own_postgres):
+    again = EmbeddedPostgres(own_postgres.data_dir)
+    assert again.start() is False
+    assert again.url == own_postgres.url
+    assert again.pid() == own_postgres.pid()
+
+
+def test_a_failed_start_reports_the_server_log(service_tmp_dir, own_redis):
+    taken = EmbeddedPostgres(service_tmp_dir, port=own_redis.port)
+    with pytest.raises(ServiceError, match=r"(?s)could not start server.*postgres\.log"):
+        taken.start(timeout=20)
+    assert not taken.is_running()
+
+
+def test_embedded_redis_keeps_keys_across_a_clean_restart(own_redis):
+    assert own_redis.url == f"redis://127.0.0.1:{own_redis.port}/0"
+    redis.Redis.from_url(own_redis.url).set("kept", "survives")
+    port, procs = own_redis.port, family(own_redis)
+
+    own_redis.stop()
+    assert not own_redis.is_running()
+    assert_gone(procs, port)
+    assert not redis_reachable(own_redis.url, timeout=0.5)
+
+    assert own_redis.start() is True
+    assert own_redis.port == port
+    assert redis.Redis.from_url(own_redis.url).get("kept") == b"survives"
+
+
+def test_embedded_redis_comes_back_on_its_port_after_being_killed(own_redis):
+    port, procs = own_redis.port, family(own_redis)
+    own_redis.kill()
+    assert_gone(procs, port)
+    own_redis.restart()
+    assert own_redis.port == port
+    assert redis_reachable(own_redis.url)
+    assert EmbeddedRedis(own_redis.data_dir).start() is False
+
+
+def test_database_url_is_a_fresh_database_of_its_own(database_url, postgres_server_url):
+    name = database_url.rsplit("/", 1)[1]
+    assert name.startswith("arbiter_test_")
+    assert database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
+    assert scalar(database_url, "SELECT current_database()") == name
+    assert scalar(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+
+
+def test_redis_url_uses_a_database_claimed_for_this_run(redis_url, redis_server_url):
+    number = int(redis_url.rsplit("/", 1)[1])
+    assert 1 <= number <= 15
+    admin = redis.Redis.from_url(f"{redis_server_url}/0")
+    assert admin.get(CLAIM_KEY.format(number)) is not None
+
+
+def test_concurrent_redis_claims_never_share_a_database(redis_server_url):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        claims = list(pool.map(lambda _: RedisDbClaim(redis_server_url).acquire(), range(4)))
+    try:
+        assert len({claim.number for claim in claims}) == 4
+    finally:
+        for claim in claims:
+            claim.release()
+    admin = redis.Redis.from_url(f"{redis_server_url}/0")  # released: no longer holds our token
+    held = [admin.get(CLAIM_KEY.format(claim.number)) for claim in claims]
+    assert not {claim.token.encode() for claim in claims} & set(held)
+
+
+def test_service_env_carries_this_runs_urls(service_env, database_url, redis_url):
+    assert service_env["ARBITER_DATABASE_URL"] == database_url
+    assert service_env["ARBITER_REDIS_URL"] == redis_url
+    assert service_env["ARBITER_EVENT_CHANNEL_PREFIX"].startswith("arbiter.test.")
+
+
+def test_reachability_checks_say_no_for_a_closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening
+        assert not postgres_reachable(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x", 1)
+        assert not redis_reachable(f"redis://127.0.0.1:{port}/0", 0.5)
+
+
+def test_resolve_services_uses_configured_urls_and_starts_nothing(tmp_path):
+    settings = SimpleNamespace(database_url="postgresql+psycopg://db/x", redis_url="redis://r/1")
+    assert resolve_services(settings, tmp_path) == ("postgresql+psycopg://db/x", "redis://r/1", [])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resolve_services_starts_embedded_servers_when_none_are_configured(service_tmp_dir):
+    settings = SimpleNamespace(database_url=None, redis_url=None)
+    database, redis_url, started = resolve_services(settings, service_tmp_dir)
+    try:
+        assert [type(s) for s in started] == [EmbeddedPostgres, EmbeddedRedis]
+        assert database.endswith("/arbiter") and postgres_reachable(database)
+        key = secrets.token_hex(4)
+        assert redis.Redis.from_url(redis_url).set(key, 1)
+        # A second call (another `arbiter` process) adopts them and owns nothing.
+        assert resolve_services(settings, service_tmp_dir) == (database, redis_url, [])
+    finally:
+        for server in started:
+            server.stop()
+    assert not any(server.is_running() for server in started)
