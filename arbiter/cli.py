@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from arbiter.commands.registry import register
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+register(app)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ def seed_default_strategies(session: Session) -> int:
     Returns how many were inserted."""
     inserted = 0
     for spec in DEFAULT_STRATEGIES:
-        result = session.execute(
+        new_id = session.scalar(
             insert(Strategy)
             .values(
                 name=spec.name,
@@ -24,6 +24,7 @@ def seed_default_strategies(session: Session) -> int:
                 config=spec.config,
             )
             .on_conflict_do_nothing(index_elements=["name"])
+            .returning(Strategy.id)
         )
-        inserted += result.rowcount or 0  # type: ignore[attr-defined]
+        inserted += new_id is not None
     return inserted

@@ -1,0 +1,173 @@
+"""What every operator command shares: settings read fresh per invocation, the database in a
+unit of work, errors turned into one red line and exit code 2, and rows as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import OperationalError as SqlOperationalError
+
+from core.errors import ArbiterError, InvalidInput
+from core.settings import Settings
+from core.states import OrderState
+from db.engine import Database, UnitOfWork
+
+NO_DATABASE = "no database configured: run `arbiter up` (embedded) or set ARBITER_DATABASE_URL"
+NO_REDIS = "no Redis configured: run `arbiter up` (embedded) or set ARBITER_REDIS_URL"
+BAD_INPUT = 2  # exit code for anything the operator typed wrong or asked of a missing thing
+
+Row = dict[str, Any]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="show at most this many rows")]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
+    """One red line on stderr and a non-zero exit; never a traceback."""
+    err_console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Turn Arbiter's own errors (bad input, invalid moves) into `fail`."""
+    try:
+        yield
+    except ArbiterError as exc:
+        fail(str(exc))
+    except SqlOperationalError as exc:
+        fail(f"cannot reach the database: {exc.orig or exc}", code=1)
+
+
+def settings() -> Settings:
+    """Read the environment now (not the lru-cached copy): a CLI run is one invocation."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fail(f"invalid settings: {exc.errors()[0]['msg']}")
+
+
+def database_url() -> str:
+    url = settings().database_url
+    if not url:
+        fail(NO_DATABASE)
+    return url
+
+
+def redis_url() -> str:
+    url = settings().redis_url
+    if not url:
+        fail(NO_REDIS)
+    return url
+
+
+@contextmanager
+def open_database() -> Iterator[Database]:
+    database = Database(database_url(), pool_size=1, application_name="arbiter-cli")
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@contextmanager
+def unit_of_work() -> Iterator[UnitOfWork]:
+    """One transaction; the command calls `commit()` only once everything succeeded.
+    Events go to the outbox, which the relay publishes."""
+    with guarded(), open_database() as database, database.unit_of_work() as uow:
+        yield uow
+
+
+def parse_state(value: str) -> OrderState:
+    try:
+        return OrderState(value.strip().upper())
+    except ValueError:
+        valid = ", ".join(s.value for s in OrderState)
+        raise InvalidInput(f"unknown state {value!r}; valid states: {valid}") from None
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """Decimals as strings, datetimes as ISO 8601, containers recursively."""
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(jsonable(value), indent=2))
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S%z")
+    if isinstance(value, Mapping | list):
+        return json.dumps(jsonable(value))
+    return str(value)
+
+
+def table(
+    rows: Sequence[Row], columns: Sequence[str] | None = None, title: str | None = None
+) -> Table:
+    columns = list(columns or (rows[0].keys() if rows else []))
+    result = Table(title=title, title_justify="left")
+    for column in columns:
+        result.add_column(column, overflow="fold")  # wrap, never cut a reason short
+    for row in rows:
+        result.add_row(*(cell(row.get(c)) for c in columns))
+    return result
+
+
+def show_rows(
+    rows: Sequence[Row],
+    *,
+    as_json: bool,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+    empty: str = "nothing to show",
+) -> None:
+    """A JSON list of objects (every key), or a table of `columns` for people."""
+    if as_json:
+        print_json(list(rows))
+    elif not rows:
+        console.print(empty)
+    else:
+        console.print(table(rows, columns, title))
+
+
+def show_object(row: Row, *, as_json: bool, title: str | None = None) -> None:
+    if as_json:
+        print_json(row)
+        return
+    result = Table("field", "value", title=title, title_justify="left", show_header=False)
+    for key, value in row.items():
+        result.add_row(key, cell(value))
+    console.print(result)

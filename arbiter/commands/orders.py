@@ -1,0 +1,133 @@
+"""`arbiter orders`: list orders, and `orders show` one with its audit trail, fills and events."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from arbiter.commands import common
+from core.errors import InvalidInput
+from db.models import EventRecord, Fill, Order, OrderTransition
+
+app = typer.Typer(
+    help="Orders: `arbiter orders` lists them, `arbiter orders show ID` explains one.",
+    invoke_without_command=True,
+)
+
+COLUMNS = (
+    "id", "strategy", "ticker", "side", "quantity", "state", "filled_quantity",
+    "avg_fill_price", "needs_manual_review", "reason",
+)  # fmt: skip
+
+
+def order_row(order: Order) -> common.Row:
+    return {
+        "id": order.id,
+        "client_order_id": order.client_order_id,
+        "brokerage_order_id": order.brokerage_order_id,
+        "strategy": order.strategy_name,
+        "signal_id": order.signal_id,
+        "ticker": order.ticker,
+        "side": order.side,
+        "quantity": order.quantity,
+        "order_type": order.order_type,
+        "limit_price": order.limit_price,
+        "time_in_force": order.time_in_force,
+        "state": order.state,
+        "filled_quantity": order.filled_quantity,
+        "avg_fill_price": order.avg_fill_price,
+        "needs_manual_review": order.needs_manual_review,
+        "reason": order.reason,
+        "conflict_check_passed": order.conflict_check_passed,
+        "conflict_reasoning": order.conflict_reasoning,
+        "created_at": order.created_at,
+        "updated_at": order.updated_at,
+    }
+
+
+@app.callback()
+def list_orders(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="only orders in this state")] = None,
+    strategy: Annotated[str | None, typer.Option(help="only this strategy's orders")] = None,
+    ticker: Annotated[str | None, typer.Option(help="only orders in this ticker")] = None,
+    review: Annotated[bool, typer.Option("--review", help="only orders needing review")] = False,
+    limit: common.Limit = 50,
+    as_json: common.AsJson = False,
+) -> None:
+    """Newest orders first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    query = select(Order).order_by(Order.id.desc()).limit(limit)
+    with common.unit_of_work() as uow:
+        if state is not None:
+            query = query.where(Order.state == common.parse_state(state).value)
+        if strategy is not None:
+            query = query.where(Order.strategy_name == strategy)
+        if ticker is not None:
+            query = query.where(Order.ticker == ticker.strip().upper())
+        if review:
+            query = query.where(Order.needs_manual_review)
+        rows = [order_row(o) for o in uow.session.scalars(query)]
+    common.show_rows(rows, as_json=as_json, columns=COLUMNS, empty="no orders")
+
+
+def find_order(session: Session, key: str) -> Order:
+    """By numeric id or by client_order_id."""
+    order = (
+        session.get(Order, int(key))
+        if key.isdigit()
+        else session.scalar(select(Order).where(Order.client_order_id == key))
+    )
+    if order is None:
+        raise InvalidInput(f"no order {key!r}")
+    return order
+
+
+@app.command()
+def show(
+    key: Annotated[str, typer.Argument(metavar="ID_OR_CLIENT_ORDER_ID")],
+    as_json: common.AsJson = False,
+) -> None:
+    """One order with its audit trail (transitions), fills and events."""
+    with common.unit_of_work() as uow:
+        order = find_order(uow.session, key)
+        transitions = [
+            {"from": t.from_state, "to": t.to_state, "reason": t.reason, "actor": t.actor,
+             "at": t.created_at}
+            for t in uow.session.scalars(
+                select(OrderTransition)
+                .where(OrderTransition.order_id == order.id)
+                .order_by(OrderTransition.id)
+            )
+        ]  # fmt: skip
+        fills = [
+            {"fill_key": f.fill_key, "quantity": f.quantity, "price": f.price,
+             "filled_at": f.filled_at, "created_at": f.created_at}
+            for f in uow.session.scalars(
+                select(Fill).where(Fill.order_id == order.id).order_by(Fill.id)
+            )
+        ]  # fmt: skip
+        events = [
+            {"seq": e.seq, "id": e.id, "type": e.type, "occurred_at": e.occurred_at,
+             "source": e.source, "payload": e.payload, "published_at": e.published_at}
+            for e in uow.session.scalars(
+                select(EventRecord)
+                .where(EventRecord.order_id == order.id)
+                .order_by(EventRecord.seq)
+            )
+        ]  # fmt: skip
+        row = order_row(order)
+    if as_json:
+        common.print_json({**row, "transitions": transitions, "fills": fills, "events": events})
+        return
+    common.show_object(row, as_json=False, title=f"order {order.id}")
+    common.show_rows(transitions, as_json=False, title="audit trail", empty="no transitions")
+    common.show_rows(fills, as_json=False, title="fills", empty="no fills")
+    common.show_rows(
+        events, as_json=False, columns=("seq", "type", "occurred_at", "source", "payload"),
+        title="events", empty="no events",
+    )  # fmt: skip

@@ -1,0 +1,56 @@
+"""`arbiter reconcile`: one reconciliation pass now, in this process, and what it changed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from arbiter.commands import common
+from core.errors import BrokerageUnavailable
+from db import reconcile as service
+
+ACTOR = "cli.reconcile"
+CHANGE_COLUMNS = ("order_id", "client_order_id", "ticker", "before", "after", "filled", "note")
+MISMATCH_COLUMNS = ("ticker", "ours", "theirs", "by_strategy", "confirmed", "review_opened")
+
+
+def reconcile(as_json: common.AsJson = False) -> None:
+    """Reconcile open orders and positions with the brokerage now and print what changed.
+
+    A position difference becomes a review item only once two passes (this one and the
+    previous, beat's or CLI's) saw the same quantities; this prints it either way."""
+    from tasks.alpaca import AlpacaBrokerage
+
+    settings = common.settings()
+    brokerage = AlpacaBrokerage.from_settings(settings)
+    with common.guarded(), common.open_database() as database:
+        try:
+            orders = service.reconcile_open_orders(
+                database,
+                brokerage,
+                never_received_grace_s=settings.never_received_grace_s,
+                actor=ACTOR,
+            )
+            mismatches = service.reconcile_positions(database, brokerage)
+        except BrokerageUnavailable as exc:
+            common.fail(f"cannot reach the brokerage at {settings.brokerage_url}: {exc}", code=1)
+    changes = [asdict(c) for c in orders.changes]
+    positions = [asdict(m) for m in mismatches]
+    if as_json:
+        common.print_json({"orders": orders.counts(), "changes": changes, "positions": positions})
+        return
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in orders.counts().items())
+    common.console.print(f"orders: {counts}")
+    common.show_rows(
+        changes,
+        as_json=False,
+        columns=CHANGE_COLUMNS,
+        title="orders changed",
+        empty="no order changed",
+    )
+    common.show_rows(
+        positions,
+        as_json=False,
+        columns=MISMATCH_COLUMNS,
+        title="position mismatches",
+        empty="positions agree with the brokerage",
+    )

@@ -1,0 +1,40 @@
+"""Mount every operator command on the root `arbiter` app."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from arbiter.commands import (
+    conflicts,
+    database,
+    kill_switch,
+    orders,
+    ownership,
+    positions,
+    review,
+    strategies,
+    submit,
+)
+
+# Written by others; mounted when present.
+OPTIONAL_APPS = (("arbiter.commands.events", "events"), ("brokersim.cli", "brokersim"))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(database.app, name="db")
+    root.add_typer(strategies.app, name="strategies")
+    root.command("submit", context_settings=submit.CONTEXT_SETTINGS)(submit.submit)
+    root.add_typer(orders.app, name="orders")
+    root.add_typer(ownership.app, name="ownership")
+    root.command("conflicts")(conflicts.conflicts)
+    root.command("positions")(positions.positions)
+    root.add_typer(kill_switch.app, name="kill-switch")
+    root.add_typer(review.app, name="review")
+    for module_name, name in OPTIONAL_APPS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        root.add_typer(module.app, name=name)

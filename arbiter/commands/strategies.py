@@ -1,0 +1,143 @@
+"""`arbiter strategies`: list, add, re-prioritise, activate and deactivate strategies."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+
+from arbiter.commands import common
+from core.errors import InvalidInput
+from core.strategies import Horizon
+from db import repositories
+from db.models import Strategy, TickerOwnership
+
+app = typer.Typer(help="Trading strategies and their priorities.", no_args_is_help=True)
+
+LIMIT_KEYS = (
+    "max_order_quantity",
+    "max_order_notional",
+    "max_open_orders",
+    "max_signals_per_minute",
+)
+COLUMNS = ("name", "display_name", "priority", "horizon", "active", "lock_days", "limits")
+Name = Annotated[str, typer.Argument(help="strategy name, e.g. long_term")]
+Reason = Annotated[str, typer.Option(help="why (recorded on the event)")]
+
+
+def strategy_row(strategy: Strategy) -> common.Row:
+    return {
+        "name": strategy.name,
+        "display_name": strategy.display_name,
+        "priority": strategy.priority,
+        "horizon": strategy.horizon,
+        "active": strategy.active,
+        "lock_days": (strategy.config or {}).get("ownership_lock_days", 0),
+        "limits": (strategy.config or {}).get("limits") or None,  # overrides of the defaults
+        "config": strategy.config,
+    }
+
+
+def parse_limits(text: str) -> dict[str, Any]:
+    """`--limits '{"max_order_quantity": 500}'`: known keys, positive numbers."""
+    try:
+        limits = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--limits is not JSON: {exc.msg}") from None
+    if not isinstance(limits, dict):
+        raise InvalidInput("--limits must be a JSON object")
+    for key, value in limits.items():
+        if key not in LIMIT_KEYS:
+            raise InvalidInput(f"--limits: unknown limit {key!r}; known: {', '.join(LIMIT_KEYS)}")
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            number = Decimal(-1)
+        if isinstance(value, bool) or not number.is_finite() or number <= 0:
+            raise InvalidInput(f"--limits: {key} must be a positive number, got {value!r}")
+    return limits
+
+
+@app.command("list")
+def list_(as_json: common.AsJson = False) -> None:
+    """Strategies by priority (highest wins a conflict)."""
+    with common.unit_of_work() as uow:
+        rows = [strategy_row(s) for s in repositories.list_strategies(uow.session)]
+    common.show_rows(rows, as_json=as_json, columns=COLUMNS, empty="no strategies")
+
+
+@app.command()
+def add(
+    name: Name,
+    priority: Annotated[int, typer.Option(min=0, help="higher wins conflicts")],
+    horizon: Annotated[Horizon, typer.Option(help="time horizon")],
+    display_name: Annotated[str | None, typer.Option(help="name for people")] = None,
+    lock_days: Annotated[
+        float, typer.Option(min=0, help="ownership lock on acquiring a ticker, days")
+    ] = 0,
+    limits: Annotated[
+        str | None, typer.Option(help='JSON, e.g. {"max_order_quantity": 500}')
+    ] = None,
+) -> None:
+    """Add a strategy (active at once)."""
+    config: dict[str, Any] = {
+        "ownership_lock_days": int(lock_days) if lock_days.is_integer() else lock_days
+    }
+    with common.unit_of_work() as uow:
+        if limits is not None:
+            config["limits"] = parse_limits(limits)
+        strategy = repositories.add_strategy(
+            uow.session, name, priority, horizon.value, display_name=display_name, config=config
+        )
+        uow.commit()
+    typer.echo(f"added {strategy.name} (priority {strategy.priority}, {strategy.horizon})")
+
+
+@app.command()
+def priority(
+    name: Name, value: Annotated[int, typer.Argument(min=0, help="the new priority")]
+) -> None:
+    """Change a strategy's priority."""
+    with common.unit_of_work() as uow:
+        strategy = repositories.require_strategy(uow.session, name)
+        old, strategy.priority = strategy.priority, value
+        uow.commit()
+    typer.echo(f"{name}: priority {old} -> {value}")
+
+
+@app.command()
+def activate(name: Name, reason: Reason = "activated by operator") -> None:
+    """Accept the strategy's signals again."""
+    with common.unit_of_work() as uow:
+        was_active = repositories.require_strategy(uow.session, name).active
+        repositories.set_active(uow.session, name, True, reason)
+        uow.commit()
+    typer.echo(f"{name} was already active" if was_active else f"{name} activated")
+
+
+@app.command()
+def deactivate(name: Name, reason: Reason = "deactivated by operator") -> None:
+    """Reject the strategy's new signals and release the tickers it owns."""
+    with common.unit_of_work() as uow:
+        strategy = repositories.require_strategy(uow.session, name)
+        was_active = strategy.active
+        owned = list(
+            uow.session.scalars(
+                select(TickerOwnership.ticker)
+                .where(
+                    TickerOwnership.strategy_id == strategy.id,
+                    TickerOwnership.released_at.is_(None),
+                )
+                .order_by(TickerOwnership.ticker)
+            )
+        )
+        repositories.set_active(uow.session, name, False, reason)
+        uow.commit()
+    if not was_active:
+        typer.echo(f"{name} was already inactive")
+        return
+    released = ", ".join(owned) if owned else "none"
+    typer.echo(f"{name} deactivated; released tickers: {released}")
