@@ -13,30 +13,48 @@ from typing import Any
 from celery import Task, shared_task
 
 from core.brokerage import BrokerOrder
-from core.errors import BrokerageRejected, BrokerageUnavailable, DuplicateClientOrderId
+from core.errors import (
+    BrokerageRejected,
+    BrokerageUnavailable,
+    DuplicateClientOrderId,
+    InvalidInput,
+)
 from core.states import OrderState
 from db import pipeline as steps
 from db.order_manager import OrderManager
 from db.settlement import release_unfilled_claim, settle
 from tasks import routing
 from tasks.crashpoints import crash_point
+from tasks.logs import bind_order, bind_order_of
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(name=routing.INTAKE, bind=True)
-def intake(self: Task, raw_signal: Any) -> int:
+def intake(self: Task, *args: Any, **kwargs: Any) -> int:
+    """Record the signal. Any message shape is accepted here, so that a malformed one is
+    recorded REJECTED with its reason instead of failing in Celery's argument binding."""
+    raw_signal = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
     with runtime().database.unit_of_work() as uow:
         order_id = steps.intake(
             uow.session, raw_signal, actor=routing.INTAKE, message_id=str(self.request.id)
         )
+        bind_order(order_id=order_id)
         uow.commit()
     return order_id
 
 
+def _order_id(value: Any) -> int:
+    """Steps after intake take an order id; anything else is a malformed message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput(f"expected an order id, got {value!r}")
+    return value
+
+
 @shared_task(name=routing.VALIDATE)
 def validate(order_id: int) -> int:
+    order_id = _order_id(order_id)
     rt = runtime()
     with rt.database.unit_of_work() as uow:
         steps.validate(uow.session, order_id, rt.risk_limits, actor=routing.VALIDATE)
@@ -46,6 +64,7 @@ def validate(order_id: int) -> int:
 
 @shared_task(name=routing.CHECK_CONFLICT)
 def check_conflict(order_id: int) -> int:
+    order_id = _order_id(order_id)
     with runtime().database.unit_of_work() as uow:
         steps.check_conflict(uow.session, order_id, actor=routing.CHECK_CONFLICT)
         uow.commit()
@@ -67,6 +86,7 @@ def submit(self: Task, order_id: int) -> int:
     The attempt is recorded before the call, so a crash after the brokerage accepted is seen
     by the next attempt (which asks by client_order_id first) or by reconciliation. When
     retries run out the order stays ORDER_PENDING and reconciliation settles it."""
+    order_id = _order_id(order_id)
     rt = runtime()
     with rt.database.unit_of_work() as uow:
         plan = steps.begin_submit(uow.session, order_id)
@@ -91,6 +111,7 @@ def submit(self: Task, order_id: int) -> int:
 
     with rt.database.unit_of_work() as uow:
         order = OrderManager(uow.session).lock(order_id)
+        bind_order_of(order)
         if order.state == OrderState.ORDER_PENDING.value and report.state is OrderState.ORDER_SENT:
             OrderManager(uow.session).transition(
                 order,
@@ -108,6 +129,7 @@ def _record_rejection(order_id: int, reason: str) -> None:
     with runtime().database.unit_of_work() as uow:
         manager = OrderManager(uow.session)
         order = manager.lock(order_id)
+        bind_order_of(order)
         if order.state == OrderState.ORDER_PENDING.value:
             manager.transition(
                 order, OrderState.REJECTED, reason=f"brokerage: {reason}", actor=routing.SUBMIT
