@@ -1,17 +1,128 @@
 """Beat tasks: reconciliation with the brokerage, recovery of stalled orders, the event relay
 and ownership housekeeping. Each run holds a Redis lock so that two beats, or a slow run and
-the next, never overlap."""
+the next, never overlap; a run that finds the lock held is skipped, not queued.
+
+The tasks are thin: they take the lock, call one service in db/reconcile.py and return counts.
+On worker start, one worker of the whole cluster sends `startup_recovery` (a Redis lock that is
+left to expire, so that workers starting together run it once).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from celery import shared_task
+import redis
+from celery import Celery, chain, shared_task
+from celery.signals import worker_ready
+from redis.exceptions import LockError
 
+from db import reconcile
 from tasks import routing
+from tasks.app import DEFAULT_REDIS_URL, get_app
+from tasks.crashpoints import crash_point
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
+
+LOCK_PREFIX = "arbiter:beat-lock:"
+STARTUP_LOCK = "arbiter:startup-recovery"
+STARTUP_LOCK_S = 300  # workers starting within this window share one recovery run
+SKIPPED: dict[str, Any] = {"skipped": True}
+
+# Where each pipeline step sits in routing.PIPELINE: a stalled order resumes from its step.
+_STEP_TASKS = {name.removeprefix("arbiter."): name for name in routing.PIPELINE}
+
+_redis: tuple[int, redis.Redis] | None = None
+
+
+def redis_client() -> redis.Redis:
+    """This process's Redis client (a forked child builds its own)."""
+    global _redis
+    if _redis is None or _redis[0] != os.getpid():
+        url = runtime().settings.redis_url or DEFAULT_REDIS_URL
+        _redis = (os.getpid(), redis.Redis.from_url(url, socket_timeout=10))
+    return _redis[1]
+
+
+@contextmanager
+def exclusive(name: str, timeout_s: float, client: redis.Redis | None = None) -> Iterator[bool]:
+    """Hold `name`'s lock for the block; yields False (and holds nothing) when another run
+    has it. The timeout lets a crashed holder's lock lapse; it sits above the task's expected
+    duration (and the task time limit), so a live run never loses it."""
+    lock = (client or redis_client()).lock(LOCK_PREFIX + name, timeout=timeout_s, blocking=False)
+    if not lock.acquire(blocking=False):
+        log.info("%s: skipped, another run holds the lock", name)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            lock.release()
+        except LockError:  # it lapsed: the run took longer than the timeout
+            log.warning("%s: the run outlived its lock (%ss)", name, timeout_s)
+
+
+def _lock_timeout() -> float:
+    return float(runtime().settings.task_time_limit_s + 30)
+
+
+@shared_task(name=routing.RECONCILE_ORDERS)
+def reconcile_orders() -> dict[str, Any]:
+    rt = runtime()
+    with exclusive(routing.RECONCILE_ORDERS, _lock_timeout()) as held:
+        if not held:
+            return SKIPPED
+        report = reconcile.reconcile_open_orders(
+            rt.database,
+            rt.brokerage,
+            never_received_grace_s=rt.settings.never_received_grace_s,
+            actor=routing.RECONCILE_ORDERS,
+            after_first_commit=lambda: crash_point("mid_reconciliation"),
+        )
+    return report.counts()
+
+
+def redrive(app: Celery, items: list[tuple[int, str]]) -> int:
+    """Enqueue the rest of the pipeline for each stalled order, from its step on (each task
+    is idempotent on the order's state, so a step that did run meanwhile does nothing)."""
+    for order_id, step in items:
+        start = routing.PIPELINE.index(_STEP_TASKS[step])
+        first, *rest = routing.PIPELINE[start:]
+        links = [app.signature(first, args=(order_id,))]
+        links += [app.signature(name) for name in rest]
+        chain(*links).apply_async()
+    return len(items)
+
+
+@shared_task(name=routing.RECOVER_STALLED)
+def recover_stalled() -> dict[str, Any]:
+    rt = runtime()
+    with exclusive(routing.RECOVER_STALLED, _lock_timeout()) as held:
+        if not held:
+            return SKIPPED
+        found = reconcile.find_stalled(rt.database, stalled_after_s=rt.settings.stalled_after_s)
+        redrive(recover_stalled.app, found.redrive)
+    return {"redriven": len(found.redrive), "flagged": found.flagged}
+
+
+@shared_task(name=routing.RECONCILE_POSITIONS)
+def reconcile_positions() -> dict[str, Any]:
+    rt = runtime()
+    with exclusive(routing.RECONCILE_POSITIONS, _lock_timeout()) as held:
+        if not held:
+            return SKIPPED
+        mismatches = reconcile.reconcile_positions(rt.database, rt.brokerage)
+    return {
+        "mismatches": len(mismatches),
+        "confirmed": sum(m.confirmed for m in mismatches),
+        "opened": sum(m.review_opened for m in mismatches),
+    }
 
 
 @shared_task(name=routing.RELAY_EVENTS)
@@ -19,4 +130,55 @@ def relay_events() -> int:
     from tasks.events import relay_unpublished
 
     rt = runtime()
-    return relay_unpublished(rt.database, rt.publisher)
+    with exclusive(routing.RELAY_EVENTS, _lock_timeout()) as held:
+        if not held:
+            return 0
+        return relay_unpublished(rt.database, rt.publisher)
+
+
+@shared_task(name=routing.EXPIRE_OWNERSHIP)
+def expire_ownership() -> dict[str, Any]:
+    rt = runtime()
+    with exclusive(routing.EXPIRE_OWNERSHIP, _lock_timeout()) as held:
+        if not held:
+            return SKIPPED
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=rt.settings.expire_locks_interval_s)
+        released = reconcile.expire_ownership(rt.database)
+        expired = reconcile.locks_expired_between(rt.database, since, now)
+    if released or expired:
+        log.info("ownership: %d stale claims released, %d locks ran out", released, expired)
+    return {"released": released, "locks_expired": expired}
+
+
+@shared_task(name=routing.STARTUP_RECOVERY)
+def startup_recovery() -> dict[str, Any]:
+    from tasks.events import relay_unpublished
+
+    rt = runtime()
+    with exclusive(routing.STARTUP_RECOVERY, _lock_timeout()) as held:
+        if not held:
+            return SKIPPED
+        counts = reconcile.startup_recovery(
+            rt.database,
+            rt.brokerage,
+            rt.settings,
+            relay=lambda: relay_unpublished(rt.database, rt.publisher),
+            actor=routing.STARTUP_RECOVERY,
+        )
+        redrive(startup_recovery.app, [(int(i), str(s)) for i, s in counts.pop("redrive")])
+    return counts
+
+
+@worker_ready.connect
+def _recover_on_start(sender: Any = None, **_: Any) -> None:
+    """One recovery per cluster start: the first worker to take the lock sends the task; the
+    lock is left to expire rather than released, so workers starting together skip it."""
+    try:
+        taken = redis_client().set(STARTUP_LOCK, str(os.getpid()), nx=True, ex=STARTUP_LOCK_S)
+        if taken:
+            app = getattr(sender, "app", None) or get_app()
+            app.send_task(routing.STARTUP_RECOVERY)
+            log.info("startup recovery sent")
+    except Exception:  # never keep a worker from starting; the beat reconciles anyway
+        log.exception("could not send startup recovery")
