@@ -21,6 +21,7 @@ from celery import Celery, chain, shared_task
 from celery.signals import worker_ready
 from redis.exceptions import LockError
 
+from core.settings import get_settings
 from db import reconcile
 from tasks import routing
 from tasks.app import DEFAULT_REDIS_URL, get_app
@@ -30,6 +31,7 @@ from tasks.runtime import runtime
 log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "arbiter:beat-lock:"
+SLOT_PREFIX = "arbiter:beat-slot:"
 STARTUP_LOCK = "arbiter:startup-recovery"
 STARTUP_LOCK_S = 300  # workers starting within this window share one recovery run
 SKIPPED: dict[str, Any] = {"skipped": True}
@@ -54,9 +56,20 @@ def exclusive(name: str, timeout_s: float, client: redis.Redis | None = None) ->
     """Hold `name`'s lock for the block; yields False (and holds nothing) when another run
     has it. The timeout lets a crashed holder's lock lapse; it sits above the task's expected
     duration (and the task time limit), so a live run never loses it."""
-    lock = (client or redis_client()).lock(LOCK_PREFIX + name, timeout=timeout_s, blocking=False)
+    client = client or redis_client()
+    lock = client.lock(LOCK_PREFIX + name, timeout=timeout_s, blocking=False)
     if not lock.acquire(blocking=False):
         log.info("%s: skipped, another run holds the lock", name)
+        yield False
+        return
+    interval = _intervals().get(name)
+    # Two beats started by mistake each send every run: the first to claim this interval's
+    # slot does the work, the other's run is skipped.
+    if interval and not client.set(
+        SLOT_PREFIX + name, os.getpid(), nx=True, px=max(int(interval * 800), 1)
+    ):
+        log.info("%s: skipped, already run in this interval", name)
+        lock.release()
         yield False
         return
     try:
@@ -66,6 +79,18 @@ def exclusive(name: str, timeout_s: float, client: redis.Redis | None = None) ->
             lock.release()
         except LockError:  # it lapsed: the run took longer than the timeout
             log.warning("%s: the run outlived its lock (%ss)", name, timeout_s)
+
+
+def _intervals() -> dict[str, float]:
+    """Each periodic task's interval (from settings, as the beat schedule uses them)."""
+    s = get_settings()
+    return {
+        routing.RECONCILE_ORDERS: s.reconcile_interval_s,
+        routing.RECOVER_STALLED: s.recover_stalled_interval_s,
+        routing.RECONCILE_POSITIONS: s.reconcile_positions_interval_s,
+        routing.RELAY_EVENTS: s.relay_interval_s,
+        routing.EXPIRE_OWNERSHIP: s.expire_locks_interval_s,
+    }
 
 
 def _lock_timeout() -> float:

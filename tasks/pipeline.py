@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import task_postrun
 
 from core.brokerage import BrokerOrder
 from core.errors import (
@@ -19,6 +20,7 @@ from core.errors import (
     DuplicateClientOrderId,
     InvalidInput,
 )
+from core.settings import get_settings
 from core.states import OrderState
 from db import pipeline as steps
 from db.order_manager import OrderManager
@@ -78,7 +80,7 @@ def check_conflict(order_id: int) -> int:
     retry_backoff=1,
     retry_backoff_max=30,  # far below the visibility timeout: a retry is never redelivered
     retry_jitter=True,
-    max_retries=5,
+    max_retries=get_settings().submit_max_retries,
 )
 def submit(self: Task, order_id: int) -> int:
     """Send the order to the brokerage at most once per client_order_id.
@@ -136,3 +138,9 @@ def _record_rejection(order_id: int, reason: str) -> None:
             )
             release_unfilled_claim(uow.session, order)
         uow.commit()
+
+
+@task_postrun.connect
+def _after_task(**_: Any) -> None:
+    # The next link of the chain is published by now; the message is not acked yet.
+    crash_point("before_ack")

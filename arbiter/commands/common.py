@@ -4,6 +4,7 @@ unit of work, errors turned into one red line and exit code 2, and rows as a tab
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,10 +54,21 @@ def guarded() -> Iterator[None]:
         fail(f"cannot reach the database: {exc.orig or exc}", code=1)
 
 
-def settings() -> Settings:
-    """Read the environment now (not the lru-cached copy): a CLI run is one invocation."""
+def settings(*, env_file_fallback: bool = True) -> Settings:
+    """Read the environment now (not the lru-cached copy): a CLI run is one invocation.
+
+    Variables absent from the environment are taken from `<data_dir>/env`, which a running
+    `arbiter up` writes, so a second terminal needs no exports."""
     try:
-        return Settings()
+        current = Settings()
+        if not env_file_fallback:
+            return current
+        from arbiter.stack import data_dir_of, read_env_file
+
+        missing = {key.removeprefix("ARBITER_").lower(): value
+                   for key, value in read_env_file(data_dir_of(current)).items()
+                   if key not in os.environ}  # fmt: skip
+        return Settings.model_validate({**current.model_dump(), **missing}) if missing else current
     except ValidationError as exc:
         fail(f"invalid settings: {exc.errors()[0]['msg']}")
 

@@ -9,13 +9,16 @@ import typer
 from arbiter.commands import (
     conflicts,
     database,
+    demo,
     kill_switch,
     orders,
     ownership,
     positions,
+    reconcile,
     review,
     strategies,
     submit,
+    up,
 )
 
 # Written by others; mounted when present.
@@ -25,11 +28,14 @@ OPTIONAL_APPS = (("arbiter.commands.events", "events"), ("brokersim.cli", "broke
 def register(root: typer.Typer) -> None:
     root.add_typer(database.app, name="db")
     root.add_typer(strategies.app, name="strategies")
+    root.command("up")(up.up)
+    root.command("demo")(demo.demo)
     root.command("submit", context_settings=submit.CONTEXT_SETTINGS)(submit.submit)
     root.add_typer(orders.app, name="orders")
     root.add_typer(ownership.app, name="ownership")
     root.command("conflicts")(conflicts.conflicts)
     root.command("positions")(positions.positions)
+    root.command("reconcile")(reconcile.reconcile)
     root.add_typer(kill_switch.app, name="kill-switch")
     root.add_typer(review.app, name="review")
     for module_name, name in OPTIONAL_APPS:

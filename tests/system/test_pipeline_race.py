@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -61,7 +62,7 @@ def test_two_workers_four_strategies_two_hundred_signals_never_share_a_ticker(
         by_ticker[row.ticker].append(row)
     for ticker, rows in by_ticker.items():
         rows.sort(key=lambda r: r.acquired_at)
-        for earlier, later in zip(rows, rows[1:], strict=False):
+        for earlier, later in itertools.pairwise(rows):
             assert earlier.released_at is not None, f"{ticker}: two live owners"
             assert earlier.released_at <= later.acquired_at, f"{ticker}: overlapping owners"
 

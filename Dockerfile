@@ -1,0 +1,22 @@
+# One image for every Arbiter service: migrate, worker, beat, flower and the simulator.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md beat_schedule.py ./
+COPY core ./core
+COPY db ./db
+COPY tasks ./tasks
+COPY arbiter ./arbiter
+COPY brokersim ./brokersim
+RUN pip install . \
+    && useradd --create-home --uid 10001 arbiter \
+    && mkdir -p /data && chown arbiter:arbiter /data
+
+USER arbiter
+WORKDIR /home/arbiter
+CMD ["arbiter", "--help"]
