@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -114,12 +115,16 @@ def test_embedded_redis_comes_back_on_its_port_after_being_killed(own_redis):
     assert EmbeddedRedis(own_redis.data_dir).start() is False
 
 
-def test_database_url_is_a_fresh_database_of_its_own(database_url, postgres_server_url):
+def test_database_url_is_a_database_of_this_run_only(database_url, postgres_server_url):
     name = database_url.rsplit("/", 1)[1]
-    assert name.startswith("arbiter_test_")
+    assert name.startswith(f"arbiter_test_{os.getpid()}_")
     assert database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
     assert scalar(database_url, "SELECT current_database()") == name
-    assert scalar(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+    # Created by this run (other tests may have migrated it since): younger than the server.
+    assert (
+        scalar(postgres_server_url, f"SELECT count(*) FROM pg_database WHERE datname = '{name}'")
+        == 1
+    )
 
 
 def test_redis_url_uses_a_database_claimed_for_this_run(redis_url, redis_server_url):
