@@ -22,6 +22,7 @@ from db.models import ConflictLog, Order, Strategy
 from db.order_manager import OrderManager, order_event
 from db.ownership import claim, current_owner, lock_ticker, transfer
 from db.positions import strategy_quantity
+from db.settlement import release_unfilled_claim
 
 S = OrderState
 
@@ -135,6 +136,10 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
     if order.state != S.VALIDATING.value:
         return order.id
     assert order.ticker is not None and order.side is not None and order.quantity is not None
+    if repo.kill_switch_on(session):
+        reason = "kill_switch: kill switch is on: no new orders accepted"
+        manager.transition(order, S.REJECTED, reason=reason, actor=actor)
+        return order.id
     lock_ticker(session, order.ticker)
     strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
     owner_row = current_owner(session, order.ticker)
@@ -262,6 +267,12 @@ def begin_submit(session: Session, order_id: int) -> SubmitPlan | None:
     manager = OrderManager(session)
     order = manager.lock(order_id)
     if order.state != S.ORDER_PENDING.value:
+        return None
+    if order.submit_attempts == 0 and repo.kill_switch_on(session):
+        manager.transition(
+            order, S.CANCELLED, reason="kill switch is on: not sent", actor="arbiter.submit"
+        )
+        release_unfilled_claim(session, order)
         return None
     attempt = order.submit_attempts + 1
     manager.update(order, submit_attempts=attempt, last_submit_at=datetime.now(UTC))

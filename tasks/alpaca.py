@@ -249,10 +249,14 @@ class AlpacaBrokerage:
             orders = self._call(partial(self._orders_page, query))
             fresh = [o for o in orders if o.brokerage_order_id not in seen]
             seen.update((o.brokerage_order_id, o) for o in fresh)
-            if len(orders) < self.page_size or not fresh:
+            if len(orders) < self.page_size:
                 break
             newest = max(o.submitted_at for o in orders if o.submitted_at is not None)
-            after = newest - _TICK
+            # A full page of one timestamp brings nothing new: step past it rather than stop.
+            step = newest - _TICK if fresh else newest
+            if after is not None and step <= after:
+                break
+            after = step
         return list(seen.values())
 
     def _orders_page(self, query: GetOrdersRequest) -> list[BrokerOrder]:

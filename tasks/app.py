@@ -65,6 +65,8 @@ TASK_MODULES = ["tasks.pipeline", "tasks.maintenance"]
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    import tasks.logs  # noqa: F401  (hooks Celery's logging setup: order context on every line)
+
     settings = settings or get_settings()
     app = Celery("arbiter", include=TASK_MODULES)
     app.config_from_object(celery_config(settings))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from arbiter.commands import common
-from core.states import OPEN_AT_BROKERAGE, OrderState
+from core.errors import ArbiterError
+from core.states import OrderState
 from db import repositories
 from db.models import Order
 from db.order_manager import OrderManager
@@ -36,32 +37,60 @@ def cancel_received(session: Session, reason: str) -> int:
     return cancelled
 
 
-def open_at_brokerage(session: Session) -> int:
-    states = [s.value for s in OPEN_AT_BROKERAGE]
-    return session.scalar(select(func.count()).where(Order.state.in_(states))) or 0
+def open_at_brokerage(session: Session) -> list[str]:
+    """Brokerage ids of the orders live there (sent or partly filled)."""
+    states = [OrderState.ORDER_SENT.value, OrderState.PARTIAL_FILLED.value]
+    return list(
+        session.scalars(
+            select(Order.brokerage_order_id).where(
+                Order.state.in_(states), Order.brokerage_order_id.isnot(None)
+            )
+        )
+    )
+
+
+def cancel_at_brokerage(brokerage_ids: list[str]) -> tuple[int, list[str]]:
+    """Ask the brokerage to cancel each order; reconciliation records the outcome (a fill
+    that beat the cancel is still booked). Returns (requested, failures)."""
+    from tasks.alpaca import AlpacaBrokerage
+
+    brokerage = AlpacaBrokerage.from_settings(common.settings())
+    failures = []
+    for brokerage_id in brokerage_ids:
+        try:
+            brokerage.cancel(brokerage_id)
+        except ArbiterError as exc:
+            failures.append(f"{brokerage_id}: {exc}")
+    return len(brokerage_ids) - len(failures), failures
 
 
 @app.command()
 def on(
     reason: Reason = "operator request",
     cancel_open: Annotated[
-        bool, typer.Option("--cancel-open", help="also cancel orders not yet validated")
+        bool,
+        typer.Option(
+            "--cancel-open",
+            help="also cancel orders not yet validated, and ask the brokerage to cancel live ones",
+        ),
     ] = False,
 ) -> None:
     """Turn the kill switch on: every new signal is rejected."""
     with common.unit_of_work() as uow:
         repositories.set_kill_switch(uow.session, True, reason, ACTOR)
         cancelled = cancel_received(uow.session, f"kill switch: {reason}") if cancel_open else 0
-        at_brokerage = open_at_brokerage(uow.session)
+        live = open_at_brokerage(uow.session)
         uow.commit()
     typer.echo(f"kill switch ON ({reason}): new signals are rejected")
-    if cancel_open:
-        typer.echo(f"cancelled {cancelled} orders in SIGNAL_RECEIVED")
-    if at_brokerage:
-        typer.echo(
-            f"{at_brokerage} orders are pending or live at the brokerage and were left alone: "
-            "cancelling them at the brokerage is not implemented yet"
-        )
+    if not cancel_open:
+        if live:
+            typer.echo(f"{len(live)} orders are live at the brokerage (--cancel-open cancels them)")
+        return
+    typer.echo(f"cancelled {cancelled} orders in SIGNAL_RECEIVED")
+    requested, failures = cancel_at_brokerage(live)
+    typer.echo(f"asked the brokerage to cancel {requested} live orders; reconciliation records it")
+    for failure in failures:
+        typer.secho(f"could not cancel {failure}", fg="red", err=True)
 
 
 @app.command()

@@ -32,6 +32,7 @@ from db.models import (
 )
 from db.order_manager import OrderManager
 from db.repositories import require_strategy
+from tests.fixtures.simulator import Simulator
 
 S = OrderState
 Invoke = Callable[..., Result]
@@ -481,7 +482,7 @@ def test_kill_switch_on_off_status_and_cancel_open(cli: Invoke, db: Database) ->
 
     result = ok(cli("kill-switch", "on", "--reason", "market halt", "--cancel-open"))
     assert "cancelled 1 orders in SIGNAL_RECEIVED" in result.output
-    assert "not implemented yet" in result.output
+    assert "asked the brokerage to cancel 0 live orders" in result.output
     status = as_json(cli("kill-switch", "status", "--json"))
     assert (status["on"], status["reason"], status["by"]) == (True, "market halt", "cli")
     datetime.fromisoformat(status["at"])
@@ -505,6 +506,43 @@ def test_kill_switch_on_off_status_and_cancel_open(cli: Invoke, db: Database) ->
     assert "kill switch: off" in ok(cli("kill-switch", "status")).output
     types = event_types(db)
     assert types.index("kill_switch_activated") < types.index("kill_switch_deactivated")
+
+
+def test_kill_switch_cancel_open_cancels_live_orders_at_the_brokerage(
+    cli: Invoke, db: Database, simulator: Simulator
+) -> None:
+    from core.brokerage import OrderRequest, OrderType, Side
+    from db.reconcile import reconcile_open_orders
+
+    brokerage = simulator.brokerage()
+    order_id = make_order(db, "k-live", path=[S.VALIDATING, S.ORDER_PENDING])
+    with db.unit_of_work() as uow:
+        order = OrderManager(uow.session).lock(order_id)
+        live = brokerage.submit(
+            OrderRequest(
+                order.client_order_id,
+                "AAPL",
+                Side.BUY,
+                Decimal(10),
+                OrderType.LIMIT,
+                Decimal("0.01"),
+            )
+        )  # a bid far below the market: it stays open
+        OrderManager(uow.session).transition(
+            order,
+            S.ORDER_SENT,
+            reason="sent",
+            actor="test",
+            brokerage_order_id=live.brokerage_order_id,
+        )
+        uow.commit()
+    env = {"ARBITER_BROKERAGE_URL": simulator.url}
+    result = ok(cli("kill-switch", "on", "--cancel-open", env=env))
+    assert "asked the brokerage to cancel 1 live orders" in result.output
+    assert simulator.admin.orders(order.client_order_id)[0]["status"] == "canceled"
+    reconcile_open_orders(db, brokerage, never_received_grace_s=60)
+    states = {r["id"]: r["state"] for r in as_json(cli("orders", "--json"))}
+    assert states[order_id] == "CANCELLED"
 
 
 # -- review ----------------------------------------------------------------------------------

@@ -203,3 +203,29 @@ def test_an_owner_with_orders_in_flight_is_not_overridden(
     override = _run(db, _raw("lt", strategy="long_term", ticker="TSLA", quantity="100"))
     assert override.state == "REJECTED"
     assert "in flight" in (override.reason or "")
+
+
+def test_the_kill_switch_also_stops_orders_already_past_validation(db: Database) -> None:
+    with db.unit_of_work() as uow:
+        validating = steps.intake(uow.session, _raw("k-val"), actor="t", message_id="m")
+        pending = steps.intake(
+            uow.session, _raw("k-pend", ticker="MSFT"), actor="t", message_id="n"
+        )
+        uow.commit()
+    with db.unit_of_work() as uow:
+        steps.validate(uow.session, validating, LIMITS, actor="t")
+        steps.validate(uow.session, pending, LIMITS, actor="t")
+        steps.check_conflict(uow.session, pending, actor="t")
+        set_kill_switch(uow.session, True, "halt", actor="t")
+        uow.commit()
+    with db.unit_of_work() as uow:
+        steps.check_conflict(uow.session, validating, actor="t")
+        assert steps.begin_submit(uow.session, pending) is None
+        uow.commit()
+    with db.unit_of_work() as uow:
+        states = {o.id: o.state for o in uow.session.scalars(select(Order))}
+        claims = uow.session.scalars(
+            select(TickerOwnership).where(TickerOwnership.released_at.is_(None))
+        ).all()
+    assert states == {validating: "REJECTED", pending: "CANCELLED"}
+    assert claims == []  # the cancelled order's claim went back
