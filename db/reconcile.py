@@ -1,7 +1,7 @@
-"""Reconciliation with the brokerage (the source of truth) and recovery of stalled orders.
+"""Reconciliation of open orders with the brokerage (the source of truth).
 
-Services on a Database and a Brokerage, no Celery: the beat tasks, the startup recovery and the
-`arbiter reconcile` command call them. Every brokerage report goes through `db.settlement.settle`,
+A service on a Database and a Brokerage, no Celery: the beat task, the startup recovery and the
+`arbiter reconcile` command call it. Every brokerage report goes through `db.settlement.settle`,
 so a fill is booked exactly once whoever sees it first. Each order is settled in its own short
 transaction, so a crash in the middle of a pass loses nothing already settled.
 
@@ -21,34 +21,26 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage, BrokerOrder, Side
 from core.errors import ArbiterError
 from core.events import Event, EventType
-from core.settings import Settings
 from core.states import OrderState, is_terminal
 from db.engine import Database
 from db.models import (
     Order,
     OrderTransition,
-    Position,
     ReviewItem,
-    Strategy,
-    SystemFlag,
-    TickerOwnership,
 )
 from db.order_manager import OrderManager
 from db.outbox import emit
-from db.ownership import lock_ticker, release_if_unused
 from db.settlement import release_unfilled_claim, settle
 
 log = logging.getLogger(__name__)
 S = OrderState
 
 ACTOR = "arbiter.reconcile_orders"
-RECOVERY_ACTOR = "arbiter.recover_stalled"
 CLIENT_ORDER_ID_PREFIX = "arb-"
 NEVER_RECEIVED = "never received by the brokerage"
 
@@ -56,16 +48,7 @@ DIRECT_LOOKUPS_MAX = 10  # more orders not open at the brokerage than this: one 
 CONFIRM_PER_PASS = 20  # direct lookups confirming "unknown at the brokerage" before acting on it
 SINCE_MARGIN = timedelta(minutes=10)  # clock skew between us and the brokerage
 CANCEL_RACE_WINDOW_S = 600.0  # how long an order Arbiter cancelled itself is watched for fills
-MAX_REDRIVES = 5  # a stalled order re-driven this often goes to a human instead
-STALLED_BATCH = 500  # stalled orders handled per pass (the rest wait for the next)
-POSITION_SUSPECTS = "reconcile_positions.suspects"  # system_flags key: last pass's differences
 
-# Where a stalled order resumes: the pipeline step (task `arbiter.<step>`) that moves it on.
-NEXT_STEP: dict[OrderState, str] = {
-    S.SIGNAL_RECEIVED: "validate",
-    S.VALIDATING: "check_conflict",
-    S.ORDER_PENDING: "submit",
-}
 # Actors that settle on the brokerage's word; a CANCELLED written by anyone else may race a fill.
 _SETTLING_ACTORS = ("arbiter.submit", ACTOR, "arbiter.startup_recovery")
 
@@ -398,278 +381,3 @@ def _record_orphan(database: Database, broker: BrokerOrder) -> bool:
         )
         uow.commit()
     return True
-
-
-# -- stalled orders --------------------------------------------------------------------------
-
-
-@dataclass
-class StalledReport:
-    redrive: list[tuple[int, str]] = field(default_factory=list)
-    flagged: int = 0
-
-
-def recover_stalled(
-    database: Database, *, stalled_after_s: float, now: datetime | None = None
-) -> list[tuple[int, str]]:
-    """(order id, pipeline step to resume from) for orders stuck before submission; see
-    NEXT_STEP (the step `validate` is the task `arbiter.validate`). An order re-driven
-    MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead."""
-    return find_stalled(database, stalled_after_s=stalled_after_s, now=now).redrive
-
-
-def find_stalled(
-    database: Database, *, stalled_after_s: float, now: datetime | None = None
-) -> StalledReport:
-    now = now or datetime.now(UTC)
-    cutoff = now - timedelta(seconds=stalled_after_s)
-    result = StalledReport()
-    with database.unit_of_work() as uow:
-        stalled = list(
-            uow.session.scalars(
-                select(Order.id)
-                .where(
-                    or_(
-                        Order.state.in_(
-                            [S.IDLE.value, S.SIGNAL_RECEIVED.value, S.VALIDATING.value]
-                        ),
-                        and_(Order.state == S.ORDER_PENDING.value, Order.submit_attempts == 0),
-                    ),
-                    Order.updated_at < cutoff,
-                    Order.needs_manual_review.is_(False),
-                )
-                .order_by(Order.id)
-                .limit(STALLED_BATCH)
-            )
-        )
-    for order_id in stalled:
-        with database.unit_of_work() as uow:
-            manager = OrderManager(uow.session)
-            order = manager.lock(order_id)
-            state = OrderState(order.state)
-            if order.updated_at >= cutoff or order.needs_manual_review:
-                continue  # moved on meanwhile
-            if state is S.ORDER_PENDING and order.submit_attempts > 0:
-                continue  # reconciliation's business now
-            step = NEXT_STEP.get(state)
-            redrives = int((order.order_metadata or {}).get("redrives", 0))
-            if step is None or redrives >= MAX_REDRIVES:
-                why = (
-                    f"stalled in {state.value} after {redrives} re-drives"
-                    if step is not None
-                    else "stalled in IDLE: intake never completed"
-                )
-                manager.flag_for_review(order, why, actor=RECOVERY_ACTOR)
-                result.flagged += 1
-            else:
-                # Counting re-drives also touches updated_at: the next pass waits a full period.
-                manager.merge_metadata(
-                    order, redrives=redrives + 1, last_redrive_at=now.isoformat()
-                )
-                uow.session.flush()
-                result.redrive.append((order.id, step))
-            uow.commit()
-    return result
-
-
-# -- positions -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    ticker: str
-    ours: Decimal
-    theirs: Decimal
-    by_strategy: dict[str, str]
-    confirmed: bool
-    review_opened: bool = False
-
-
-def reconcile_positions(
-    database: Database, brokerage: Brokerage, *, confirmations: int = 2
-) -> list[Mismatch]:
-    """Per ticker, the strategies' summed positions against the brokerage's.
-
-    A fill can land between reading theirs and reading ours, so a difference counts only once
-    it is seen with the same two quantities on `confirmations` consecutive passes (kept in
-    system_flags); a racing fill is settled by order reconciliation before the next pass and
-    the difference goes away. A confirmed mismatch emits RECONCILIATION_MISMATCH and opens one
-    review item per ticker (none while one is open; its details follow the latest values)."""
-    theirs = {p.symbol: p.quantity for p in brokerage.list_positions()}
-    mismatches: list[Mismatch] = []
-    with database.unit_of_work() as uow:
-        session = uow.session
-        ours: dict[str, Decimal] = {
-            ticker: quantity
-            for ticker, quantity in session.execute(
-                select(Position.ticker, func.sum(Position.quantity)).group_by(Position.ticker)
-            )
-        }
-        flag = session.get(SystemFlag, POSITION_SUSPECTS, with_for_update=True)
-        previous: dict[str, list[str]] = dict(flag.value) if flag else {}
-        seen: dict[str, list[str]] = {}
-        for ticker in sorted(set(ours) | set(theirs)):
-            mine, broker = ours.get(ticker, Decimal(0)), theirs.get(ticker, Decimal(0))
-            if mine == broker:
-                continue
-            key = [_num(mine), _num(broker)]
-            streak = int(previous[ticker][2]) + 1 if previous.get(ticker, [])[:2] == key else 1
-            seen[ticker] = [*key, str(streak)]
-            confirmed = streak >= confirmations
-            opened = confirmed and _open_position_review(session, ticker, mine, broker)
-            mismatches.append(
-                Mismatch(ticker, mine, broker, _by_strategy(session, ticker), confirmed, opened)
-            )
-        session.execute(
-            insert(SystemFlag)
-            .values(key=POSITION_SUSPECTS, value=seen)
-            .on_conflict_do_update(index_elements=["key"], set_={"value": seen})
-        )
-        uow.commit()
-    return mismatches
-
-
-def _num(value: Decimal) -> str:
-    return format(value.normalize(), "f")
-
-
-def _by_strategy(session: Session, ticker: str) -> dict[str, str]:
-    rows = session.execute(
-        select(Position.strategy_id, Position.quantity).where(Position.ticker == ticker)
-    )
-    names = {s.id: s.name for s in session.scalars(select(Strategy))}
-    return {names.get(sid, str(sid)): _num(q) for sid, q in rows if q}
-
-
-def _open_position_review(session: Session, ticker: str, ours: Decimal, theirs: Decimal) -> bool:
-    """Open (or refresh) the ticker's one review item; emit an event when it is new or its
-    values changed. True when an item was opened."""
-    lock_ticker(session, ticker)
-    details = {
-        "ours": _num(ours),
-        "theirs": _num(theirs),
-        "by_strategy": _by_strategy(session, ticker),
-    }
-    reason = (
-        f"position mismatch in {ticker}: Arbiter's strategies hold {details['ours']}, "
-        f"the brokerage {details['theirs']}"
-    )
-    item = session.scalar(
-        select(ReviewItem).where(
-            ReviewItem.kind == "position",
-            ReviewItem.ticker == ticker,
-            ReviewItem.resolved_at.is_(None),
-        )
-    )
-    if (
-        item is not None
-        and (item.details or {}).get("ours") == details["ours"]
-        and (item.details or {}).get("theirs") == details["theirs"]
-    ):
-        return False
-    if item is None:
-        session.add(ReviewItem(kind="position", ticker=ticker, reason=reason, details=details))
-    else:
-        item.reason, item.details = reason, details
-    session.flush()
-    emit(
-        session,
-        Event(
-            type=EventType.RECONCILIATION_MISMATCH,
-            ticker=ticker,
-            payload={"kind": "position", "reason": reason, **details},
-        ),
-    )
-    return item is None
-
-
-# -- ownership -------------------------------------------------------------------------------
-
-
-def expire_ownership(database: Database) -> int:
-    """Release stale claims: strategies owning a ticker with no position and no live order
-    there. Locks need nothing: a `locked_until` in the past already means unlocked."""
-    with database.unit_of_work() as uow:
-        rows = uow.session.execute(
-            select(TickerOwnership.ticker, TickerOwnership.strategy_id).where(
-                TickerOwnership.released_at.is_(None)
-            )
-        ).all()
-    released = 0
-    for ticker, strategy_id in rows:
-        with database.unit_of_work() as uow:
-            lock_ticker(uow.session, ticker)
-            if release_if_unused(
-                uow.session, ticker, strategy_id, reason="stale claim: no position, no live order"
-            ):
-                released += 1
-            uow.commit()
-    return released
-
-
-def locks_expired_between(database: Database, since: datetime, until: datetime) -> int:
-    """Live ownerships whose lock ran out in [since, until): for the housekeeping log."""
-    with database.unit_of_work() as uow:
-        return int(
-            uow.session.scalar(
-                select(func.count())
-                .select_from(TickerOwnership)
-                .where(
-                    TickerOwnership.released_at.is_(None),
-                    TickerOwnership.locked_until >= since,
-                    TickerOwnership.locked_until < until,
-                )
-            )
-            or 0
-        )
-
-
-# -- start-up recovery -----------------------------------------------------------------------
-
-
-def startup_recovery(
-    database: Database,
-    brokerage: Brokerage,
-    settings: Settings,
-    *,
-    relay: Callable[[], int] | None = None,
-    actor: str = "arbiter.startup_recovery",
-) -> dict[str, Any]:
-    """RECOVERY_STARTED, reconcile open orders, find stalled orders, relay the outbox,
-    RECOVERY_COMPLETED with the counts. `redrive` lists what the caller must re-enqueue."""
-    _emit_system(database, EventType.RECOVERY_STARTED, {"actor": actor})
-    orders = reconcile_open_orders(
-        database, brokerage, never_received_grace_s=settings.never_received_grace_s, actor=actor
-    )
-    stalled = find_stalled(database, stalled_after_s=settings.stalled_after_s)
-    counts: dict[str, Any] = {
-        "recovered": orders.transitioned + orders.fills_applied + len(stalled.redrive),
-        "failed": orders.failed_never_received,
-        "for_review": orders.flagged + orders.orphans + stalled.flagged,
-        "orders": orders.counts(),
-        "redriven": len(stalled.redrive),
-    }
-    _emit_system(database, EventType.RECOVERY_COMPLETED, counts)
-    counts["relayed"] = relay() if relay is not None else 0
-    counts["redrive"] = [list(item) for item in stalled.redrive]
-    return counts
-
-
-def _emit_system(database: Database, event_type: EventType, payload: dict[str, Any]) -> None:
-    with database.unit_of_work() as uow:
-        emit(uow.session, Event(type=event_type, payload=payload))
-        uow.commit()
-
-
-__all__ = [
-    "Mismatch",
-    "OrderChange",
-    "ReconcileReport",
-    "expire_ownership",
-    "find_stalled",
-    "locks_expired_between",
-    "reconcile_open_orders",
-    "reconcile_positions",
-    "recover_stalled",
-    "startup_recovery",
-]

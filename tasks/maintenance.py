@@ -22,7 +22,7 @@ from celery.signals import worker_ready
 from redis.exceptions import LockError
 
 from core.settings import get_settings
-from db import reconcile
+from db import position_check, reconcile, recovery
 from tasks import routing
 from tasks.app import DEFAULT_REDIS_URL, get_app
 from tasks.crashpoints import crash_point
@@ -131,7 +131,7 @@ def recover_stalled() -> dict[str, Any]:
     with exclusive(routing.RECOVER_STALLED, _lock_timeout()) as held:
         if not held:
             return SKIPPED
-        found = reconcile.find_stalled(rt.database, stalled_after_s=rt.settings.stalled_after_s)
+        found = recovery.find_stalled(rt.database, stalled_after_s=rt.settings.stalled_after_s)
         redrive(recover_stalled.app, found.redrive)
     return {"redriven": len(found.redrive), "flagged": found.flagged}
 
@@ -142,7 +142,7 @@ def reconcile_positions() -> dict[str, Any]:
     with exclusive(routing.RECONCILE_POSITIONS, _lock_timeout()) as held:
         if not held:
             return SKIPPED
-        mismatches = reconcile.reconcile_positions(rt.database, rt.brokerage)
+        mismatches = position_check.reconcile_positions(rt.database, rt.brokerage)
     return {
         "mismatches": len(mismatches),
         "confirmed": sum(m.confirmed for m in mismatches),
@@ -169,8 +169,8 @@ def expire_ownership() -> dict[str, Any]:
             return SKIPPED
         now = datetime.now(UTC)
         since = now - timedelta(seconds=rt.settings.expire_locks_interval_s)
-        released = reconcile.expire_ownership(rt.database)
-        expired = reconcile.locks_expired_between(rt.database, since, now)
+        released = recovery.expire_ownership(rt.database)
+        expired = recovery.locks_expired_between(rt.database, since, now)
     if released or expired:
         log.info("ownership: %d stale claims released, %d locks ran out", released, expired)
     return {"released": released, "locks_expired": expired}
@@ -184,7 +184,7 @@ def startup_recovery() -> dict[str, Any]:
     with exclusive(routing.STARTUP_RECOVERY, _lock_timeout()) as held:
         if not held:
             return SKIPPED
-        counts = reconcile.startup_recovery(
+        counts = recovery.startup_recovery(
             rt.database,
             rt.brokerage,
             rt.settings,

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from arbiter.commands import common
 from core.errors import BrokerageUnavailable
+from db import position_check
 from db import reconcile as service
 
 ACTOR = "cli.reconcile"
@@ -30,7 +31,7 @@ def reconcile(as_json: common.AsJson = False) -> None:
                 never_received_grace_s=settings.never_received_grace_s,
                 actor=ACTOR,
             )
-            mismatches = service.reconcile_positions(database, brokerage)
+            mismatches = position_check.reconcile_positions(database, brokerage)
         except BrokerageUnavailable as exc:
             common.fail(f"cannot reach the brokerage at {settings.brokerage_url}: {exc}", code=1)
     changes = [asdict(c) for c in orders.changes]

@@ -24,15 +24,9 @@ from db.models import EventRecord, Fill, Order, Position, ReviewItem
 from db.order_manager import OrderManager
 from db.ownership import claim, current_owner
 from db.pipeline import request_for
-from db.reconcile import (
-    MAX_REDRIVES,
-    NEVER_RECEIVED,
-    expire_ownership,
-    reconcile_open_orders,
-    reconcile_positions,
-    recover_stalled,
-    startup_recovery,
-)
+from db.position_check import reconcile_positions
+from db.reconcile import NEVER_RECEIVED, reconcile_open_orders
+from db.recovery import MAX_REDRIVES, expire_ownership, recover_stalled, startup_recovery
 from tasks.alpaca import AlpacaBrokerage
 from tests.fixtures.simulator import Simulator, wait_for
 

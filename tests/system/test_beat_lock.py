@@ -22,7 +22,7 @@ from db.engine import Database
 from db.models import Fill
 from tasks import routing
 from tasks.alpaca import AlpacaBrokerage
-from tasks.maintenance import LOCK_PREFIX, exclusive
+from tasks.maintenance import LOCK_PREFIX, SLOT_PREFIX, exclusive
 from tests.fixtures.simulator import Simulator
 from tests.integration.test_reconcile import count, order_row, sent_order
 
@@ -51,7 +51,11 @@ def run_task(name: str, env: dict[str, str]) -> Any:
 
 
 @pytest.fixture
-def task_env(service_env: dict[str, str], simulator: Simulator) -> dict[str, str]:
+def task_env(service_env: dict[str, str], simulator: Simulator, redis_url: str) -> dict[str, str]:
+    # Each test starts in a fresh interval: no run of an earlier test holds this one's slot.
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{SLOT_PREFIX}*"):
+        client.delete(key)
     return {
         **os.environ,
         **service_env,
