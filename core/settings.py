@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     recover_stalled_interval_s: float = 15.0
     reconcile_positions_interval_s: float = 60.0
     relay_interval_s: float = 2.0
+    relay_min_age_s: float = 2.0  # younger unpublished events are still being marked
     expire_locks_interval_s: float = 60.0
     stalled_after_s: float = 30.0
     never_received_grace_s: float = 60.0

@@ -73,7 +73,7 @@ class Order(Base):
         CheckConstraint("filled_quantity >= 0", name="filled_not_negative"),
         Index("ix_orders_state", "state"),
         Index("ix_orders_strategy_state", "strategy_id", "state"),
-        Index("ix_orders_ticker", "ticker"),
+        Index("ix_orders_ticker", "ticker", "id"),
         Index("ix_orders_strategy_created", "strategy_name", "created_at"),
         Index(
             "ix_orders_needs_review",

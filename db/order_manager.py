@@ -167,7 +167,8 @@ class OrderManager:
                 actor=actor,
             )
         )
-        self.session.flush()
+        # No flush here: the audit row, events and the order's UPDATE go out together at the
+        # next flush (a query's autoflush or the commit), batched.
         event_type = transition_event_type(source, target)
         if event_type is not None:
             emit(
@@ -190,7 +191,6 @@ class OrderManager:
         """Change non-state fields (attempt counters, brokerage ids) under the row lock."""
         order = self.lock(order if isinstance(order, int) else order.id)
         self._apply(order, changes)
-        self.session.flush()
         return order
 
     def merge_metadata(self, order: Order, **entries: Any) -> None:

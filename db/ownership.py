@@ -69,7 +69,6 @@ def claim(
         acquired_by_order_id=order_id,
     )
     session.add(row)
-    session.flush()
     emit(session, _ownership_event(EventType.OWNERSHIP_ACQUIRED, row, strategy.name, reason=reason))
     return row
 

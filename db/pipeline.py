@@ -93,14 +93,13 @@ def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: st
     assert order.ticker is not None and order.quantity is not None
     strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
     facts = OrderFacts(order.ticker, order.quantity, order.limit_price)
+    world = repo.risk_snapshot(session, order)
     context = RiskContext(
         strategy_active=bool(strategy and strategy.active),
-        kill_switch_on=repo.kill_switch_on(session),
-        open_orders=repo.open_order_count(session, order.strategy_name, exclude=order.id),
-        signals_last_minute=repo.recent_signal_count(
-            session, order.strategy_name, exclude=order.id
-        ),
-        reference_price=order.limit_price or repo.last_fill_price(session, order.ticker),
+        kill_switch_on=world.kill_switch_on,
+        open_orders=world.open_orders,
+        signals_last_minute=world.signals_last_minute,
+        reference_price=order.limit_price or world.last_price,
     )
     limits = defaults.overridden_by(strategy.config if strategy else {})
     verdicts = evaluate(facts, limits, context)

@@ -66,7 +66,6 @@ def book_fill(
         after.avg_cost,
         after.realized_pnl,
     )
-    session.flush()
     if before == 0 and after.quantity != 0:
         event_type = EventType.POSITION_OPENED
     elif after.quantity == 0:

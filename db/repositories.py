@@ -3,6 +3,7 @@ and the counts that pre-trade risk needs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,7 @@ from core.events import Event, EventType
 from core.signals import STRATEGY_PATTERN
 from core.states import TERMINAL_STATES, OrderState
 from core.strategies import Horizon
-from db.models import Fill, Order, Strategy, SystemFlag
+from db.models import Order, Strategy, SystemFlag
 from db.outbox import emit
 from db.ownership import release_for_strategy
 
@@ -119,20 +120,56 @@ def set_kill_switch(session: Session, on: bool, reason: str, actor: str) -> None
 # -- what pre-trade risk needs ---------------------------------------------------------------
 
 
-def open_order_count(session: Session, strategy_name: str, exclude: int) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Order)
-            .where(
-                Order.strategy_name == strategy_name,
-                Order.state.notin_(_TERMINAL),
-                Order.state != OrderState.IDLE.value,
-                Order.id != exclude,
-            )
-        )
-        or 0
+@dataclass(frozen=True)
+class RiskSnapshot:
+    kill_switch_on: bool
+    open_orders: int
+    signals_last_minute: int
+    last_price: Decimal | None
+
+
+_OPEN_STATES = [
+    OrderState.SIGNAL_RECEIVED.value,
+    OrderState.VALIDATING.value,
+    OrderState.ORDER_PENDING.value,
+    OrderState.ORDER_SENT.value,
+    OrderState.PARTIAL_FILLED.value,
+]
+
+
+def risk_snapshot(session: Session, order: Order) -> RiskSnapshot:
+    """Everything pre-trade risk reads about the world, in one round trip."""
+    others = Order.id != order.id
+    kill = (
+        select(SystemFlag.value["on"].as_boolean())
+        .where(SystemFlag.key == KILL_SWITCH)
+        .scalar_subquery()
     )
+    open_orders = (
+        select(func.count())
+        .select_from(Order)
+        .where(Order.strategy_id == order.strategy_id, Order.state.in_(_OPEN_STATES), others)
+        .scalar_subquery()
+    )
+    recent = (
+        select(func.count())
+        .select_from(Order)
+        .where(
+            Order.strategy_name == order.strategy_name,
+            Order.created_at >= func.now() - timedelta(minutes=1),
+            others,
+        )
+        .scalar_subquery()
+    )
+    last_price = (
+        select(Order.avg_fill_price)
+        .where(Order.ticker == order.ticker, Order.avg_fill_price.isnot(None))
+        .order_by(Order.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    row = session.execute(select(kill, open_orders, recent, last_price)).one()
+    return RiskSnapshot(bool(row[0]), row[1] or 0, row[2] or 0, row[3])
 
 
 def live_order_count(session: Session, strategy_id: int, ticker: str) -> int:
@@ -154,32 +191,6 @@ def live_order_count(session: Session, strategy_id: int, ticker: str) -> int:
             )
         )
         or 0
-    )
-
-
-def recent_signal_count(session: Session, strategy_name: str, exclude: int) -> int:
-    since = datetime.now(UTC) - timedelta(minutes=1)
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Order)
-            .where(
-                Order.strategy_name == strategy_name,
-                Order.created_at >= since,
-                Order.id != exclude,
-            )
-        )
-        or 0
-    )
-
-
-def last_fill_price(session: Session, ticker: str) -> Decimal | None:
-    return session.scalar(
-        select(Fill.price)
-        .join(Order, Order.id == Fill.order_id)
-        .where(Order.ticker == ticker)
-        .order_by(Fill.id.desc())
-        .limit(1)
     )
 
 

@@ -11,6 +11,7 @@ event id. In the history each event is stored exactly once (its id is unique).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -22,6 +23,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -37,6 +39,7 @@ from db.engine import Database, UnitOfWork
 from db.event_history import list_events, max_seq, seq_of
 from db.models import EventRecord
 from db.outbox import emit, record_to_event
+from tasks.crashpoints import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,8 @@ class EventPublisher:
 
     def __init__(self, redis_url: str, channel_prefix: str = "arbiter.events",
                  database: Database | None = None, *, connect_timeout_s: float = 0.5,
-                 socket_timeout_s: float = 1.0, pause_after_failure_s: float = 1.0) -> None:
+                 socket_timeout_s: float = 1.0, pause_after_failure_s: float = 1.0,
+                 mark_interval_s: float = 0.2) -> None:
         self.redis_url = redis_url
         self.channel_prefix = channel_prefix
         self.database = database
@@ -87,6 +91,11 @@ class EventPublisher:
         self._pool_pid = 0
         self._failing = False
         self._paused_until = 0.0
+        # Published ids waiting to be marked, written in batches by a background thread.
+        self._mark_interval_s = mark_interval_s
+        self._marks: list[tuple[Database, uuid.UUID]] = []
+        self._marks_lock = threading.Lock()
+        self._marker_pid = 0
 
     def _client(self) -> redis.Redis:
         with self._lock:
@@ -111,6 +120,7 @@ class EventPublisher:
         """Publish, then mark published. Never raises for Redis or Postgres trouble: what is
         left unmarked is the relay's. After a failure, skips Redis for a moment so that a dead
         Redis costs a worker one connect timeout per pause, not one per commit."""
+        crash_point("after_commit_before_publish")
         if not events:
             return
         if time.monotonic() < self._paused_until:
@@ -127,7 +137,35 @@ class EventPublisher:
         if self._failing:
             self._failing = False
             log.info("publishing events to Redis again")
-        self.mark_published([event.id for event in events], database)
+        self._queue_marks([event.id for event in events], database or self.database)
+
+    def _queue_marks(self, ids: Sequence[uuid.UUID], database: Database | None) -> None:
+        """Marking each commit's events in a transaction of its own would double the commits
+        on the hot path; a background thread marks them in batches instead. A mark lost to a
+        crash only means the relay publishes that event once more (at-least-once)."""
+        if database is None or not ids:
+            return
+        with self._marks_lock:
+            self._marks.extend((database, event_id) for event_id in ids)
+            if self._marker_pid != os.getpid():  # a forked child starts its own thread
+                self._marker_pid = os.getpid()
+                threading.Thread(target=self._mark_loop, name="event-marker", daemon=True).start()
+                atexit.register(self.flush_marks)
+
+    def _mark_loop(self) -> None:
+        while True:
+            time.sleep(self._mark_interval_s)
+            self.flush_marks()
+
+    def flush_marks(self) -> None:
+        """Write the queued marks now (one statement per database)."""
+        with self._marks_lock:
+            marks, self._marks = self._marks, []
+        by_database: dict[Database, list[uuid.UUID]] = {}
+        for database, event_id in marks:
+            by_database.setdefault(database, []).append(event_id)
+        for database, ids in by_database.items():
+            self.mark_published(ids, database)
 
     def after_commit_for(self, database: Database) -> Callable[[Sequence[Event]], None]:
         """`after_commit` marking rows in `database` rather than `self.database`."""
@@ -139,6 +177,8 @@ class EventPublisher:
             return
         try:
             with database.engine.begin() as conn:
+                # Nothing is lost if this commit is: the relay would publish again.
+                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 conn.execute(_MARK_PUBLISHED, {"ids": list(ids)})
         except SQLAlchemyError as exc:
             log.warning("could not mark %d events published (%s); the relay will publish them "
@@ -153,17 +193,25 @@ def attach_publisher(database: Database, redis_url: str,
     return publisher
 
 
-def relay_unpublished(database: Database, publisher: EventPublisher, batch: int = 500) -> int:
+def relay_unpublished(
+    database: Database, publisher: EventPublisher, batch: int = 500, min_age_s: float = 0.0
+) -> int:
     """Publish every event still owed (`published_at IS NULL`), in `seq` order, one batch per
     transaction. Concurrent relays split the work (`FOR UPDATE SKIP LOCKED`). Stops quietly at
-    the first Redis error (the next run carries on). Returns how many it published."""
+    the first Redis error (the next run carries on). Returns how many it published.
+
+    `min_age_s` leaves the youngest events alone: a worker published them a moment ago and
+    its batched mark is on the way (republishing them would only make duplicates)."""
     total = 0
     while True:
         failed = False
         with database.sessions() as session, session.begin():
             records = session.scalars(
                 select(EventRecord)
-                .where(EventRecord.published_at.is_(None))
+                .where(
+                    EventRecord.published_at.is_(None),
+                    EventRecord.occurred_at < func.now() - timedelta(seconds=min_age_s),
+                )
                 .order_by(EventRecord.seq)
                 .limit(batch)
                 .with_for_update(skip_locked=True)

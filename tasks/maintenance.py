@@ -158,7 +158,9 @@ def relay_events() -> int:
     with exclusive(routing.RELAY_EVENTS, _lock_timeout()) as held:
         if not held:
             return 0
-        return relay_unpublished(rt.database, rt.publisher)
+        return relay_unpublished(
+            rt.database, rt.publisher, min_age_s=rt.settings.relay_min_age_s
+        )
 
 
 @shared_task(name=routing.EXPIRE_OWNERSHIP)

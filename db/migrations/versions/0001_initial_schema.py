@@ -177,7 +177,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_orders_strategy_created", "orders", ["strategy_name", "created_at"], unique=False
     )
-    op.create_index("ix_orders_ticker", "orders", ["ticker"], unique=False)
+    op.create_index("ix_orders_ticker", "orders", ["ticker", "id"], unique=False)
     op.create_table(
         "positions",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
