@@ -1,7 +1,7 @@
 """Arbiter's throughput and latency against the raw Celery ceiling, in one run.
 
     python bench/pipeline.py [--quick] [--json PATH] [--shape prefork2|prefork4|two-c1|split|all]
-                             [--services embedded|local|auto] [--profile]
+                             [--services embedded|local|auto] [--profile [wall|cpu]]
 
 Starts what it needs, measures, stops everything (also on Ctrl-C), prints tables and writes
 JSON (default bench/results/latest.json). See bench/README.md for what each figure means.
@@ -131,7 +131,7 @@ class Run:
         lag = LagListener(self.services.redis_url, self.prefix,
                           self.work / f"lag-{shape}.json").start()
         self.stack.callback(lag.close)
-        profiler = Profiler(self.work / f"profile-{shape}")
+        profiler = Profiler(self.work / f"profile-{shape}", idle=self.args.profile != "cpu")
         if primary and self.args.profile:
             profiler.start(workers.child_pids())
         phase = self.phase(workers)
@@ -222,7 +222,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shape", default="prefork2",
                         help=f"one of {', '.join(SHAPES)}, a comma list, or all")
     parser.add_argument("--services", choices=("embedded", "local", "auto"), default="embedded")
-    parser.add_argument("--profile", action="store_true",
+    parser.add_argument("--profile", nargs="?", const="wall", choices=["wall", "cpu"],
                         help="py-spy the first shape's pool processes during its closed loop")
     args = parser.parse_args(argv)
     unknown = set(args.shape.split(",")) - set(SHAPES) - {"all"}

@@ -29,7 +29,8 @@ CATEGORIES = (
 
 
 class Profiler:
-    def __init__(self, out_dir: Path, rate: int = 100) -> None:
+    def __init__(self, out_dir: Path, rate: int = 100, idle: bool = True) -> None:
+        self.idle = idle  # wall time (waits included) or CPU time only
         self.out_dir = out_dir
         self.rate = rate
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -49,7 +50,8 @@ class Profiler:
         exe = self.executable() or "py-spy"
         for pid in pids:
             out = self.out_dir / f"worker-{pid}.txt"
-            proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--idle", "--format", "raw",
+            idle = ["--idle"] if self.idle else []
+            proc = subprocess.Popen([exe, "record", "--pid", str(pid), *idle, "--format", "raw",
                                      "--rate", str(self.rate), "-o", str(out)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append((proc, out))

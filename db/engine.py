@@ -27,12 +27,16 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 5, application_name: str = "arbiter") -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 5, application_name: str = "arbiter", pre_ping: bool = True
+) -> Engine:
     engine = create_engine(
         normalise_url(url),
         pool_size=pool_size,
         max_overflow=5,
-        pool_pre_ping=True,  # a restarted Postgres leaves dead pooled connections behind
+        # A restarted Postgres leaves dead pooled connections behind: ping before use, unless
+        # the caller retries on a dropped connection instead (the Celery tasks do).
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
@@ -99,8 +103,11 @@ class Database:
         *,
         pool_size: int = 5,
         application_name: str = "arbiter",
+        pre_ping: bool = True,
     ) -> None:
-        self.engine = make_engine(url, pool_size=pool_size, application_name=application_name)
+        self.engine = make_engine(
+            url, pool_size=pool_size, application_name=application_name, pre_ping=pre_ping
+        )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.after_commit = after_commit
 

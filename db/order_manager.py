@@ -123,18 +123,19 @@ class OrderManager:
 
     def _insert_once(self, values: dict[str, Any], *, actor: str) -> tuple[Order, bool]:
         values = {**values, "state": OrderState.IDLE.value}
-        order_id = self.session.scalar(
+        order = self.session.scalar(
             insert(Order)
             .values(**values)
             .on_conflict_do_nothing()  # client_order_id or (strategy, signal_id) seen before
-            .returning(Order.id)
+            .returning(Order)
         )
-        if order_id is None:
+        if order is None:
             existing = self.find_by_client_order_id(values["client_order_id"])
             if existing is None:  # same (strategy, signal_id) cannot have another coid
                 raise OrderNotFound(f"no order for {values['client_order_id']}")
             return existing, False
-        order = self.lock(order_id)
+        # Inserting it locked the row for this transaction: no SELECT ... FOR UPDATE needed.
+        self.session.info.setdefault(_LOCKED, set()).add(order.id)
         self.transition(order, OrderState.SIGNAL_RECEIVED, reason="signal received", actor=actor)
         return order, True
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.signals import task_postrun
+from sqlalchemy.exc import InterfaceError as DBInterfaceError
+from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from core.brokerage import BrokerOrder
 from core.errors import (
@@ -32,8 +34,20 @@ from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
 
+# Worth another try, with backoff: the brokerage or Postgres hiccupped (a timeout, a dropped
+# connection, a deadlock). Every step is idempotent, so a retry is harmless. The longest
+# backoff stays far below the visibility timeout, so a retry is never also redelivered.
+TRANSIENT = (BrokerageUnavailable, DBOperationalError, DBInterfaceError)
+RETRY: dict[str, Any] = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": get_settings().submit_max_retries,
+}
 
-@shared_task(name=routing.INTAKE, bind=True)
+
+@shared_task(name=routing.INTAKE, bind=True, **RETRY)
 def intake(self: Task, *args: Any, **kwargs: Any) -> int:
     """Record the signal. Any message shape is accepted here, so that a malformed one is
     recorded REJECTED with its reason instead of failing in Celery's argument binding."""
@@ -54,7 +68,7 @@ def _order_id(value: Any) -> int:
     return value
 
 
-@shared_task(name=routing.VALIDATE)
+@shared_task(name=routing.VALIDATE, **RETRY)
 def validate(order_id: int) -> int:
     order_id = _order_id(order_id)
     rt = runtime()
@@ -64,7 +78,7 @@ def validate(order_id: int) -> int:
     return order_id
 
 
-@shared_task(name=routing.CHECK_CONFLICT)
+@shared_task(name=routing.CHECK_CONFLICT, **RETRY)
 def check_conflict(order_id: int) -> int:
     order_id = _order_id(order_id)
     with runtime().database.unit_of_work() as uow:
@@ -73,16 +87,8 @@ def check_conflict(order_id: int) -> int:
     return order_id
 
 
-@shared_task(
-    name=routing.SUBMIT,
-    bind=True,
-    autoretry_for=(BrokerageUnavailable,),
-    retry_backoff=1,
-    retry_backoff_max=30,  # far below the visibility timeout: a retry is never redelivered
-    retry_jitter=True,
-    max_retries=get_settings().submit_max_retries,
-)
-def submit(self: Task, order_id: int) -> int:
+@shared_task(name=routing.SUBMIT, **RETRY)
+def submit(order_id: int) -> int:
     """Send the order to the brokerage at most once per client_order_id.
 
     The attempt is recorded before the call, so a crash after the brokerage accepted is seen

@@ -23,7 +23,11 @@ class Runtime:
     def database(self) -> Database:
         if not self.settings.database_url:
             raise RuntimeError("ARBITER_DATABASE_URL is not set (run `arbiter up`, or set it)")
-        return Database(self.settings.database_url, application_name=f"arbiter-{os.getpid()}")
+        # No ping per checkout (a round trip per transaction): the tasks retry on a dropped
+        # connection, and SQLAlchemy replaces the pool's stale connections when it sees one.
+        return Database(
+            self.settings.database_url, application_name=f"arbiter-{os.getpid()}", pre_ping=False
+        )
 
     @cached_property
     def publisher(self) -> EventPublisher:
