@@ -87,7 +87,7 @@ class EventPublisher:
         self._socket_timeout_s = socket_timeout_s
         self._pause_after_failure_s = pause_after_failure_s
         self._lock = threading.Lock()
-        self._pool: redis.ConnectionPool | None = None
+        self._redis: redis.Redis | None = None
         self._pool_pid = 0
         self._failing = False
         self._paused_until = 0.0
@@ -99,12 +99,14 @@ class EventPublisher:
 
     def _client(self) -> redis.Redis:
         with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
+            if self._redis is None or self._pool_pid != os.getpid():
                 # A forked child must not share its parent's sockets: a pool of its own.
-                self._pool = _redis_pool(self.redis_url, connect_timeout_s=self._connect_timeout_s,
-                                         socket_timeout_s=self._socket_timeout_s, retries=1)
+                pool = _redis_pool(self.redis_url, connect_timeout_s=self._connect_timeout_s,
+                                   socket_timeout_s=self._socket_timeout_s, retries=1)
+                # One client per process: building one costs more than a PUBLISH.
+                self._redis = redis.Redis(connection_pool=pool)
                 self._pool_pid = os.getpid()
-            return redis.Redis(connection_pool=self._pool)
+            return self._redis
 
     def publish(self, events: Sequence[Event]) -> None:
         """PUBLISH each envelope on its type's channel, in order, in one pipeline.
