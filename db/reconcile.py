@@ -24,7 +24,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage, BrokerOrder, Side
-from core.errors import ArbiterError
+from core.errors import ArbiterError, BrokerageProtocolError, BrokerageUnavailable
 from core.events import Event, EventType
 from core.states import OrderState, is_terminal
 from db.engine import Database
@@ -144,20 +144,27 @@ def reconcile_open_orders(
         candidates = _candidates(uow.session, now - timedelta(seconds=cancel_race_window_s))
 
     counter.tick()
-    reports: dict[str, BrokerOrder] = {o.client_order_id: o for o in brokerage.list_open_orders()}
+    reports: dict[str, BrokerOrder] = {
+        o.client_order_id: o for o in _listing(brokerage.list_open_orders)
+    }
     remaining = [c for c in candidates if c.client_order_id not in reports]
     looked_up: set[str] = set()
     if 0 < len(remaining) <= DIRECT_LOOKUPS_MAX:
         for snap in remaining:
             counter.tick()
-            found = brokerage.get_by_client_order_id(snap.client_order_id)
+            try:
+                found = brokerage.get_by_client_order_id(snap.client_order_id)
+            except _UNREADABLE as exc:
+                log.warning("looking up %s failed (%s): next pass", snap.client_order_id, exc)
+                report.errors += 1
+                continue
             looked_up.add(snap.client_order_id)
             if found is not None:
                 reports[found.client_order_id] = found
     elif remaining:
         counter.tick()
         since = min(c.created_at for c in remaining) - SINCE_MARGIN
-        for o in brokerage.list_orders_since(since):
+        for o in _listing(lambda: brokerage.list_orders_since(since)):
             reports.setdefault(o.client_order_id, o)
 
     # Orders the brokerage holds that were not candidates: terminal here, or not ours at all.
@@ -182,7 +189,12 @@ def reconcile_open_orders(
                 continue  # confirmed on a later pass
             confirms += 1
             counter.tick()
-            broker = brokerage.get_by_client_order_id(coid)
+            try:
+                broker = brokerage.get_by_client_order_id(coid)
+            except _UNREADABLE as exc:  # unknown stays unknown: decide on a later pass
+                log.warning("confirming %s failed (%s): next pass", coid, exc)
+                report.errors += 1
+                continue
         if not _needs_work(snap, broker, now, never_received_grace_s):
             continue
         try:
@@ -208,6 +220,22 @@ def reconcile_open_orders(
             )
     report.brokerage_calls = counter.total
     return report
+
+
+# A brokerage answer that did not come, or could not be read: the question stays open.
+_UNREADABLE = (BrokerageUnavailable, BrokerageProtocolError)
+LISTING_TRIES = 3
+
+
+def _listing(call: Callable[[], list[BrokerOrder]]) -> list[BrokerOrder]:
+    """A bulk listing, tried a few times: without it the pass cannot tell open from gone."""
+    for attempt in range(1, LISTING_TRIES + 1):
+        try:
+            return call()
+        except _UNREADABLE:
+            if attempt == LISTING_TRIES:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _candidates(session: Session, cancelled_after: datetime) -> list[_Snapshot]:

@@ -56,7 +56,11 @@ def settle(session: Session, order: Order, report: BrokerOrder, *, actor: str) -
         result.filled = True
 
     if is_terminal(current):
-        if result.filled or (target is not current and target is not S.CANCELLED):
+        # A new fill, or a different final word, on an order we hold as final is an anomaly;
+        # an older, non-final snapshot arriving late (submit's POST answer after
+        # reconciliation settled the order) is not.
+        contradicts = is_terminal(target) and target is not current and target is not S.CANCELLED
+        if result.filled or contradicts:
             # e.g. a fill that raced our cancel: applied above, and a human should look.
             reason = (
                 f"brokerage reports {report.status} (filled {report.filled_quantity}) for an "

@@ -14,17 +14,20 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from celery import Celery, chain
+import redis
+from celery import Celery
 
 from core.settings import get_settings
 from core.signals import Signal
-from tasks import routing
+from tasks import pending, routing
 from tasks.app import DEFAULT_REDIS_URL
 
 
 class SignalClient:
     def __init__(self, redis_url: str | None = None) -> None:
-        self.app = Celery("arbiter-client", broker=redis_url or _default_redis_url())
+        url = redis_url or _default_redis_url()
+        self.app = Celery("arbiter-client", broker=url)
+        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.app.conf.update(
             task_serializer="json",
             accept_content=["json"],
@@ -57,19 +60,18 @@ class SignalClient:
                 "time_in_force": time_in_force,
             }
         )
-        self.enqueue(signal.to_message())
+        message = signal.to_message()
+        pending.remember(self.redis, signal.client_order_id, message)  # see tasks/pending.py
+        self.enqueue(message)
         return signal.client_order_id
 
     def enqueue(self, message: object) -> None:
         """Put a raw signal on the pipeline (the worker re-checks everything)."""
-        first, *rest = routing.PIPELINE
-        chain(
-            self.app.signature(first, args=(message,)),
-            *(self.app.signature(name) for name in rest),
-        ).apply_async()
+        routing.send_pipeline(self.app, message)
 
     def close(self) -> None:
         self.app.close()
+        self.redis.close()
 
 
 def _default_redis_url() -> str:

@@ -56,8 +56,14 @@ _MARK_PUBLISHED = text(
 )
 
 
-def _redis_pool(url: str, *, connect_timeout_s: float, socket_timeout_s: float | None,
-                retries: int, health_check_s: int = 0) -> redis.ConnectionPool:
+def _redis_pool(
+    url: str,
+    *,
+    connect_timeout_s: float,
+    socket_timeout_s: float | None,
+    retries: int,
+    health_check_s: int = 0,
+) -> redis.ConnectionPool:
     return redis.ConnectionPool.from_url(
         url,
         socket_connect_timeout=connect_timeout_s,
@@ -76,10 +82,17 @@ class EventPublisher:
     Database usually takes this publisher's hook: see `attach_publisher`.
     """
 
-    def __init__(self, redis_url: str, channel_prefix: str = "arbiter.events",
-                 database: Database | None = None, *, connect_timeout_s: float = 0.5,
-                 socket_timeout_s: float = 1.0, pause_after_failure_s: float = 1.0,
-                 mark_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        channel_prefix: str = "arbiter.events",
+        database: Database | None = None,
+        *,
+        connect_timeout_s: float = 0.5,
+        socket_timeout_s: float = 1.0,
+        pause_after_failure_s: float = 1.0,
+        mark_interval_s: float = 0.2,
+    ) -> None:
         self.redis_url = redis_url
         self.channel_prefix = channel_prefix
         self.database = database
@@ -101,8 +114,12 @@ class EventPublisher:
         with self._lock:
             if self._redis is None or self._pool_pid != os.getpid():
                 # A forked child must not share its parent's sockets: a pool of its own.
-                pool = _redis_pool(self.redis_url, connect_timeout_s=self._connect_timeout_s,
-                                   socket_timeout_s=self._socket_timeout_s, retries=1)
+                pool = _redis_pool(
+                    self.redis_url,
+                    connect_timeout_s=self._connect_timeout_s,
+                    socket_timeout_s=self._socket_timeout_s,
+                    retries=1,
+                )
                 # One client per process: building one costs more than a PUBLISH.
                 self._redis = redis.Redis(connection_pool=pool)
                 self._pool_pid = os.getpid()
@@ -133,8 +150,7 @@ class EventPublisher:
             self._paused_until = time.monotonic() + self._pause_after_failure_s
             if not self._failing:
                 self._failing = True
-                log.warning("cannot publish events to Redis (%s); the relay will publish them",
-                            exc)
+                log.warning("cannot publish events to Redis (%s); the relay will publish them", exc)
             return
         if self._failing:
             self._failing = False
@@ -183,12 +199,16 @@ class EventPublisher:
                 conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 conn.execute(_MARK_PUBLISHED, {"ids": list(ids)})
         except SQLAlchemyError as exc:
-            log.warning("could not mark %d events published (%s); the relay will publish them "
-                        "again", len(ids), exc)
+            log.warning(
+                "could not mark %d events published (%s); the relay will publish them again",
+                len(ids),
+                exc,
+            )
 
 
-def attach_publisher(database: Database, redis_url: str,
-                     channel_prefix: str = "arbiter.events") -> EventPublisher:
+def attach_publisher(
+    database: Database, redis_url: str, channel_prefix: str = "arbiter.events"
+) -> EventPublisher:
     """Build a publisher for `database` and make it the database's after-commit hook."""
     publisher = EventPublisher(redis_url, channel_prefix, database)
     database.after_commit = publisher.after_commit
@@ -259,11 +279,14 @@ def external_event_type(value: EventType | str) -> EventType:
     try:
         event_type = parse_event_type(value)
     except InvalidInput:
-        raise InvalidInput(f"unknown event type {value!r}; other processes may publish: "
-                           f"{allowed}") from None
+        raise InvalidInput(
+            f"unknown event type {value!r}; other processes may publish: {allowed}"
+        ) from None
     if event_type not in EXTERNAL_EVENT_TYPES:
-        raise InvalidInput(f"{event_type.value} is published by Arbiter itself; other processes "
-                           f"may publish: {allowed}")
+        raise InvalidInput(
+            f"{event_type.value} is published by Arbiter itself; other processes "
+            f"may publish: {allowed}"
+        )
     return event_type
 
 
@@ -294,8 +317,15 @@ def _check_json(value: Any, path: str, depth: int = 0) -> None:
     raise InvalidInput(f"payload{path} is a {type(value).__name__}, not a JSON value")
 
 
-def validate_external(type_: EventType | str, *, source: Any, payload: Any,
-                      strategy: Any = None, ticker: Any = None, order_id: Any = None) -> Event:
+def validate_external(
+    type_: EventType | str,
+    *,
+    source: Any,
+    payload: Any,
+    strategy: Any = None,
+    ticker: Any = None,
+    order_id: Any = None,
+) -> Event:
     """The envelope an external producer asked for, or InvalidInput saying what is wrong."""
     event_type = external_event_type(type_)
     if not isinstance(source, str) or not source.strip():
@@ -311,20 +341,36 @@ def validate_external(type_: EventType | str, *, source: Any, payload: Any,
     for field, value, longest in (("strategy", strategy, 64), ("ticker", ticker, 16)):
         if value is not None and (not isinstance(value, str) or not 0 < len(value) <= longest):
             raise InvalidInput(f"{field} must be a string of 1 to {longest} characters")
-    if order_id is not None and (isinstance(order_id, bool) or not isinstance(order_id, int)
-                                 or order_id <= 0):
+    if order_id is not None and (
+        isinstance(order_id, bool) or not isinstance(order_id, int) or order_id <= 0
+    ):
         raise InvalidInput("order_id must be a positive integer")
-    return Event(type=event_type, source=source.strip(), payload=dict(payload),
-                 strategy=strategy, ticker=ticker, order_id=order_id)
+    return Event(
+        type=event_type,
+        source=source.strip(),
+        payload=dict(payload),
+        strategy=strategy,
+        ticker=ticker,
+        order_id=order_id,
+    )
 
 
-def publish_external(database: Database, publisher: EventPublisher, type: EventType | str, *,
-                     source: str, payload: Mapping[str, Any], strategy: str | None = None,
-                     ticker: str | None = None, order_id: int | None = None) -> Event:
+def publish_external(
+    database: Database,
+    publisher: EventPublisher,
+    type: EventType | str,
+    *,
+    source: str,
+    payload: Mapping[str, Any],
+    strategy: str | None = None,
+    ticker: str | None = None,
+    order_id: int | None = None,
+) -> Event:
     """Store an event from another process in the history (its own transaction), then
     publish it. Refusals raise InvalidInput and store nothing."""
-    event = validate_external(type, source=source, payload=payload, strategy=strategy,
-                              ticker=ticker, order_id=order_id)
+    event = validate_external(
+        type, source=source, payload=payload, strategy=strategy, ticker=ticker, order_id=order_id
+    )
     with UnitOfWork(database.sessions, publisher.after_commit_for(database)) as uow:
         emit(uow.session, event)
         uow.commit()
@@ -361,10 +407,18 @@ class EventSubscriber:
     before this one subscribed.
     """
 
-    def __init__(self, redis_url: str, database: Database | str,
-                 channel_prefix: str = "arbiter.events", *, lookback: int = 1000,
-                 remember: int = 20_000, backoff_initial_s: float = 0.2,
-                 backoff_max_s: float = 5.0, poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        database: Database | str,
+        channel_prefix: str = "arbiter.events",
+        *,
+        lookback: int = 1000,
+        remember: int = 20_000,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        poll_s: float = 0.2,
+    ) -> None:
         self.redis_url = redis_url
         self.channel_prefix = channel_prefix
         self._owns_database = isinstance(database, str)
@@ -384,8 +438,9 @@ class EventSubscriber:
         self.reconnects = 0
         self.ready = threading.Event()  # set while subscribed and caught up
 
-    def on(self, types: EventType | str | Iterable[EventType | str] | None,
-           handler: Handler) -> EventSubscriber:
+    def on(
+        self, types: EventType | str | Iterable[EventType | str] | None, handler: Handler
+    ) -> EventSubscriber:
         """Call `handler(event)` for events of `types` (one, several, or None for all)."""
         if self._running:
             raise RuntimeError("add handlers before run()")
@@ -408,8 +463,9 @@ class EventSubscriber:
             wanted |= subscription.types
         return frozenset(wanted)
 
-    def run(self, stop_event: threading.Event | None = None,
-            last_seen_id: uuid.UUID | str | None = None) -> None:
+    def run(
+        self, stop_event: threading.Event | None = None, last_seen_id: uuid.UUID | str | None = None
+    ) -> None:
         """Deliver until `stop_event` is set. With `last_seen_id`, first deliver what the
         history holds after that event; without, start from now. Reconnects with backoff."""
         if not self._subscriptions:
@@ -444,8 +500,9 @@ class EventSubscriber:
         self.last_event_id = uuid.UUID(str(last_seen_id))
 
     def _loop(self, stop: threading.Event) -> None:
-        pool = _redis_pool(self.redis_url, connect_timeout_s=1.0, socket_timeout_s=5.0,
-                           retries=0, health_check_s=5)
+        pool = _redis_pool(
+            self.redis_url, connect_timeout_s=1.0, socket_timeout_s=5.0, retries=0, health_check_s=5
+        )
         delay = self._backoff[0]
         try:
             while not stop.is_set():
@@ -461,8 +518,9 @@ class EventSubscriber:
                 except _LOST_CONNECTION as exc:
                     self.ready.clear()
                     self.reconnects += 1
-                    log.warning("event subscriber disconnected (%s); reconnecting in %.1fs",
-                                exc, delay)
+                    log.warning(
+                        "event subscriber disconnected (%s); reconnecting in %.1fs", exc, delay
+                    )
                     stop.wait(delay)
                     delay = min(delay * 2, self._backoff[1])
                 finally:
@@ -501,8 +559,9 @@ class EventSubscriber:
         after = max(self._floor, self._anchor - self.lookback)
         while True:
             with self.database.sessions() as session:
-                records = list_events(session, types=self._wanted_types, after_seq=after,
-                                      limit=page)
+                records = list_events(
+                    session, types=self._wanted_types, after_seq=after, limit=page
+                )
             for record in records:
                 self._deliver(record_to_event(record), record.seq)
             if len(records) < page:
@@ -521,8 +580,9 @@ class EventSubscriber:
         try:
             event = Event.from_json(message["data"])
         except ValidationError:
-            log.warning("ignoring a message on %s that is not an event envelope",
-                        message.get("channel"))
+            log.warning(
+                "ignoring a message on %s that is not an event envelope", message.get("channel")
+            )
             return
         self._deliver(event, None)
 
@@ -540,8 +600,12 @@ class EventSubscriber:
                 try:
                     subscription.handler(event)
                 except Exception:  # one handler's bug must not starve the others
-                    log.exception("event handler %r failed on %s %s",
-                                  subscription.handler, event.type.value, event.id)
+                    log.exception(
+                        "event handler %r failed on %s %s",
+                        subscription.handler,
+                        event.type.value,
+                        event.id,
+                    )
         self.last_event_id = event.id
         if seq is not None:
             self._anchor = max(self._anchor, seq)
@@ -551,8 +615,9 @@ class EventSubscriber:
 class SubscriberThread(threading.Thread):
     """`EventSubscriber.run` in a daemon thread; `stop()` ends it."""
 
-    def __init__(self, subscriber: EventSubscriber,
-                 last_seen_id: uuid.UUID | str | None = None) -> None:
+    def __init__(
+        self, subscriber: EventSubscriber, last_seen_id: uuid.UUID | str | None = None
+    ) -> None:
         super().__init__(name="arbiter-event-subscriber", daemon=True)
         self.subscriber = subscriber
         self.stop_event = threading.Event()

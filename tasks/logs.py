@@ -47,8 +47,12 @@ def bind_order(
 
 def bind_order_of(order: Any) -> None:
     """`bind_order` from an Order row (anything with id, client_order_id, strategy_name, ticker)."""
-    bind_order(order_id=order.id, client_order_id=order.client_order_id,
-               strategy=order.strategy_name, ticker=order.ticker)
+    bind_order(
+        order_id=order.id,
+        client_order_id=order.client_order_id,
+        strategy=order.strategy_name,
+        ticker=order.ticker,
+    )
 
 
 def clear_order() -> None:

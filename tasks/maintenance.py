@@ -17,14 +17,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from celery import Celery, chain, shared_task
+from celery import Celery, shared_task
 from celery.signals import worker_ready
 from redis.exceptions import LockError
+from sqlalchemy import select
 
 from core.settings import get_settings
 from db import position_check, reconcile, recovery
-from tasks import routing
-from tasks.app import DEFAULT_REDIS_URL, get_app
+from db.models import Order
+from tasks import pending, routing
+from tasks.app import get_app
 from tasks.crashpoints import crash_point
 from tasks.runtime import runtime
 
@@ -39,24 +41,13 @@ SKIPPED: dict[str, Any] = {"skipped": True}
 # Where each pipeline step sits in routing.PIPELINE: a stalled order resumes from its step.
 _STEP_TASKS = {name.removeprefix("arbiter."): name for name in routing.PIPELINE}
 
-_redis: tuple[int, redis.Redis] | None = None
-
-
-def redis_client() -> redis.Redis:
-    """This process's Redis client (a forked child builds its own)."""
-    global _redis
-    if _redis is None or _redis[0] != os.getpid():
-        url = runtime().settings.redis_url or DEFAULT_REDIS_URL
-        _redis = (os.getpid(), redis.Redis.from_url(url, socket_timeout=10))
-    return _redis[1]
-
 
 @contextmanager
 def exclusive(name: str, timeout_s: float, client: redis.Redis | None = None) -> Iterator[bool]:
     """Hold `name`'s lock for the block; yields False (and holds nothing) when another run
     has it. The timeout lets a crashed holder's lock lapse; it sits above the task's expected
     duration (and the task time limit), so a live run never loses it."""
-    client = client or redis_client()
+    client = client or runtime().redis
     lock = client.lock(LOCK_PREFIX + name, timeout=timeout_s, blocking=False)
     if not lock.acquire(blocking=False):
         log.info("%s: skipped, another run holds the lock", name)
@@ -117,11 +108,7 @@ def redrive(app: Celery, items: list[tuple[int, str]]) -> int:
     """Enqueue the rest of the pipeline for each stalled order, from its step on (each task
     is idempotent on the order's state, so a step that did run meanwhile does nothing)."""
     for order_id, step in items:
-        start = routing.PIPELINE.index(_STEP_TASKS[step])
-        first, *rest = routing.PIPELINE[start:]
-        links = [app.signature(first, args=(order_id,))]
-        links += [app.signature(name) for name in rest]
-        chain(*links).apply_async()
+        routing.send_pipeline(app, order_id, start=_STEP_TASKS[step])
     return len(items)
 
 
@@ -133,7 +120,33 @@ def recover_stalled() -> dict[str, Any]:
             return SKIPPED
         found = recovery.find_stalled(rt.database, stalled_after_s=rt.settings.stalled_after_s)
         redrive(recover_stalled.app, found.redrive)
-    return {"redriven": len(found.redrive), "flagged": found.flagged}
+        resent = resend_lost_signals(recover_stalled.app)
+    return {"redriven": len(found.redrive), "flagged": found.flagged, "resent": resent}
+
+
+def resend_lost_signals(app: Celery) -> int:
+    """Signals the client noted but intake never recorded (tasks/pending.py): those with an
+    order already are forgotten, the others enqueued again."""
+    rt = runtime()
+    overdue = pending.overdue(rt.redis, older_than_s=2 * rt.settings.stalled_after_s)
+    if not overdue:
+        return 0
+    with rt.database.unit_of_work() as uow:
+        recorded = set(
+            uow.session.scalars(
+                select(Order.client_order_id).where(Order.client_order_id.in_(list(overdue)))
+            )
+        )
+    resent = 0
+    for client_order_id, message in overdue.items():
+        if client_order_id in recorded:
+            pending.forget(rt.redis, client_order_id)
+            continue
+        log.warning("signal %s was never recorded: enqueueing it again", client_order_id)
+        pending.remember(rt.redis, client_order_id, message)  # restart its clock
+        routing.send_pipeline(app, message)
+        resent += 1
+    return resent
 
 
 @shared_task(name=routing.RECONCILE_POSITIONS)
@@ -158,9 +171,7 @@ def relay_events() -> int:
     with exclusive(routing.RELAY_EVENTS, _lock_timeout()) as held:
         if not held:
             return 0
-        return relay_unpublished(
-            rt.database, rt.publisher, min_age_s=rt.settings.relay_min_age_s
-        )
+        return relay_unpublished(rt.database, rt.publisher, min_age_s=rt.settings.relay_min_age_s)
 
 
 @shared_task(name=routing.EXPIRE_OWNERSHIP)
@@ -202,7 +213,7 @@ def _recover_on_start(sender: Any = None, **_: Any) -> None:
     """One recovery per cluster start: the first worker to take the lock sends the task; the
     lock is left to expire rather than released, so workers starting together skip it."""
     try:
-        taken = redis_client().set(STARTUP_LOCK, str(os.getpid()), nx=True, ex=STARTUP_LOCK_S)
+        taken = runtime().redis.set(STARTUP_LOCK, str(os.getpid()), nx=True, ex=STARTUP_LOCK_S)
         if taken:
             app = getattr(sender, "app", None) or get_app()
             app.send_task(routing.STARTUP_RECOVERY)

@@ -15,19 +15,22 @@ from celery.signals import task_postrun
 from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
-from core.brokerage import BrokerOrder
+from core.brokerage import Brokerage, BrokerOrder
 from core.errors import (
+    BrokerageProtocolError,
     BrokerageRejected,
     BrokerageUnavailable,
     DuplicateClientOrderId,
     InvalidInput,
 )
 from core.settings import get_settings
+from core.signals import client_order_id_for
 from core.states import OrderState
 from db import pipeline as steps
 from db.order_manager import OrderManager
+from db.pipeline import SubmitPlan
 from db.settlement import release_unfilled_claim, settle
-from tasks import routing
+from tasks import pending, routing
 from tasks.crashpoints import crash_point
 from tasks.logs import bind_order, bind_order_of
 from tasks.runtime import runtime
@@ -41,7 +44,7 @@ TRANSIENT = (BrokerageUnavailable, DBOperationalError, DBInterfaceError)
 RETRY: dict[str, Any] = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": 1,
-    "retry_backoff_max": 30,
+    "retry_backoff_max": max(1, min(30, get_settings().visibility_timeout_s // 3)),
     "retry_jitter": True,
     "max_retries": get_settings().submit_max_retries,
 }
@@ -58,7 +61,17 @@ def intake(self: Task, *args: Any, **kwargs: Any) -> int:
         )
         bind_order(order_id=order_id)
         uow.commit()
+    _forget_pending(raw_signal)
     return order_id
+
+
+def _forget_pending(raw_signal: Any) -> None:
+    """The signal is an order now: the client's safety copy can go (tasks/pending.py)."""
+    if not isinstance(raw_signal, dict):
+        return
+    strategy, signal_id = raw_signal.get("strategy"), raw_signal.get("signal_id")
+    if isinstance(strategy, str) and isinstance(signal_id, str):
+        pending.forget(runtime().redis, client_order_id_for(strategy, signal_id))
 
 
 def _order_id(value: Any) -> int:
@@ -102,19 +115,11 @@ def submit(order_id: int) -> int:
     if plan is None:
         return order_id
 
-    report: BrokerOrder | None = None
-    if plan.attempt > 1:
-        report = rt.brokerage.get_by_client_order_id(plan.request.client_order_id)
-    if report is None:
-        try:
-            report = rt.brokerage.submit(plan.request)
-        except DuplicateClientOrderId:
-            report = rt.brokerage.get_by_client_order_id(plan.request.client_order_id)
-            if report is None:
-                raise BrokerageUnavailable("duplicate reported but order not found yet") from None
-        except BrokerageRejected as exc:
-            _record_rejection(order_id, exc.reason)
-            return order_id
+    try:
+        report = _send_once(rt.brokerage, plan)
+    except BrokerageRejected as exc:
+        _record_rejection(order_id, exc.reason)
+        return order_id
     crash_point("after_brokerage_accepted")
 
     with rt.database.unit_of_work() as uow:
@@ -131,6 +136,25 @@ def submit(order_id: int) -> int:
         settle(uow.session, order, report, actor=routing.SUBMIT)
         uow.commit()
     return order_id
+
+
+def _send_once(brokerage: Brokerage, plan: SubmitPlan) -> BrokerOrder:
+    """The brokerage's order for this client_order_id: looked up first on a retry, created
+    otherwise. An unreadable answer leaves the outcome unknown: retried like a timeout."""
+    coid = plan.request.client_order_id
+    try:
+        found = brokerage.get_by_client_order_id(coid) if plan.attempt > 1 else None
+        if found is not None:
+            return found
+        try:
+            return brokerage.submit(plan.request)
+        except DuplicateClientOrderId:
+            found = brokerage.get_by_client_order_id(coid)
+            if found is None:
+                raise BrokerageUnavailable("duplicate reported but order not found yet") from None
+            return found
+    except BrokerageProtocolError as exc:
+        raise BrokerageUnavailable(f"unreadable brokerage answer: {exc}") from exc
 
 
 def _record_rejection(order_id: int, reason: str) -> None:

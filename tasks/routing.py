@@ -7,6 +7,10 @@ conflict check (Postgres only); `orders` carries brokerage submission (network-b
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery import Celery, chain
+
 SIGNALS_QUEUE = "signals"
 ORDERS_QUEUE = "orders"
 MAINTENANCE_QUEUE = "maintenance"
@@ -38,3 +42,10 @@ TASK_ROUTES = {
 }
 
 PIPELINE = (INTAKE, VALIDATE, CHECK_CONFLICT, SUBMIT)
+
+
+def send_pipeline(app: Celery, first_arg: Any, start: str = INTAKE) -> None:
+    """Enqueue the chain from `start` to the end: intake takes the signal, later steps the
+    order id (each step hands its order id to the next)."""
+    first, *rest = PIPELINE[PIPELINE.index(start) :]
+    chain(app.signature(first, args=(first_arg,)), *(app.signature(n) for n in rest)).apply_async()

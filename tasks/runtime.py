@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
+import redis
+
 from core.brokerage import Brokerage
 from core.risk import RiskLimits
 from core.settings import Settings, get_settings
@@ -37,6 +39,12 @@ class Runtime:
             self.settings.redis_url or DEFAULT_REDIS_URL,
             self.settings.event_channel_prefix,
         )
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """For locks and the pending-signal notes (the broker has its own connections)."""
+        url = self.settings.redis_url or DEFAULT_REDIS_URL
+        return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
 
     @cached_property
     def brokerage(self) -> Brokerage:

@@ -132,8 +132,6 @@ def test_any_order_of_reports_books_each_fill_once_on_a_valid_path(
         assert order.needs_manual_review  # a fill that raced our cancel: applied, and reviewed
 
 
-@pytest.mark.xfail(strict=True, reason="db/settlement.py flags a terminal order for review on a "
-                   "stale snapshot (older status, no new fill); reported to the lead")
 def test_a_stale_report_after_the_final_one_is_not_an_anomaly(database: Database) -> None:
     reset_database(database)
     order_id = _pending_order(database)

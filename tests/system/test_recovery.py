@@ -278,3 +278,41 @@ def test_postgres_connections_cut_under_the_workers_are_retried(
     orders = wait_terminal(db, coids)
     assert {o.state for o in orders} == {"FULLY_FILLED"}
     _one_brokerage_order_each(simulator, [warm, *coids])
+
+
+def test_a_signal_lost_between_queue_and_worker_is_sent_again(
+    db: Database,
+    redis_url: str,
+    start_worker: Callable[..., CeleryProcess],
+    start_beat: Callable[..., CeleryProcess],
+    simulator: Simulator,
+) -> None:
+    # The client noted the signal, then its message vanished (a worker killed between
+    # kombu's BRPOP and its unacked bookkeeping): only the note is left.
+    import json
+    import time
+
+    import redis as redis_py
+
+    from core.signals import Signal
+    from tasks.pending import PENDING_KEY
+
+    signal = Signal.parse(
+        {
+            "strategy": "trading",
+            "signal_id": "lost-1",
+            "ticker": "LOST",
+            "side": "buy",
+            "quantity": "2",
+        }
+    )
+    note = {"message": signal.to_message(), "at": time.time() - 600}
+    redis_py.Redis.from_url(redis_url).hset(PENDING_KEY, signal.client_order_id, json.dumps(note))
+    start_worker()
+    start_beat()
+    (order,) = wait_terminal(db, [signal.client_order_id])
+    assert order.state == "FULLY_FILLED"
+    eventually(
+        lambda: not redis_py.Redis.from_url(redis_url).hexists(PENDING_KEY, signal.client_order_id)
+    )
+    _one_brokerage_order_each(simulator, [signal.client_order_id])
