@@ -56,7 +56,7 @@ def up(
     code = 0
     with sigterm_as_shutdown():
         try:
-            stack.start()
+            stack.start(flower=flower)
             print_where(stack)
             while True:
                 for message in stack.check():
