@@ -115,9 +115,17 @@ def parse_state(value: str) -> OrderState:
 # -- output ----------------------------------------------------------------------------------
 
 
+def plain_decimal(value: Decimal) -> str:
+    """`50`, `236.25`, `0`: no storage-scale trailing zeros, never an exponent."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
 def jsonable(value: Any) -> Any:
     """Decimals as strings, datetimes as ISO 8601, containers recursively."""
-    if isinstance(value, Decimal | uuid.UUID):
+    if isinstance(value, Decimal):
+        return plain_decimal(value)
+    if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()

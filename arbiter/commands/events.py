@@ -16,9 +16,10 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from arbiter.commands import common
 from core.errors import InvalidInput
 from core.events import Event, EventType
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from db.engine import Database
 from db.event_history import list_events
 from db.outbox import record_to_event
@@ -27,18 +28,37 @@ from tasks.events import EventPublisher, EventSubscriber, parse_event_type, publ
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 err = Console(stderr=True, highlight=False)
 
-CONFLICT_TYPES = frozenset({
-    EventType.CONFLICT_DETECTED, EventType.ORDER_BLOCKED_BY_CONFLICT, EventType.PRIORITY_OVERRIDE,
-    EventType.OWNERSHIP_TRANSFERRED, EventType.CONFLICT_RESOLVED,
-})
-BAD_TYPES = frozenset({
-    EventType.ORDER_REJECTED, EventType.ORDER_FAILED, EventType.SIGNAL_REJECTED,
-    EventType.RISK_LIMIT_EXCEEDED, EventType.KILL_SWITCH_ACTIVATED, EventType.RISK_ALERT,
-    EventType.ERROR_OCCURRED, EventType.RECONCILIATION_MISMATCH, EventType.ORDER_NEEDS_REVIEW,
-    EventType.STOP_LOSS_TRIGGERED,
-})
-GOOD_TYPES = frozenset({EventType.ORDER_FILLED, EventType.ORDER_PARTIALLY_FILLED,
-                        EventType.POSITION_OPENED, EventType.POSITION_CLOSED})
+CONFLICT_TYPES = frozenset(
+    {
+        EventType.CONFLICT_DETECTED,
+        EventType.ORDER_BLOCKED_BY_CONFLICT,
+        EventType.PRIORITY_OVERRIDE,
+        EventType.OWNERSHIP_TRANSFERRED,
+        EventType.CONFLICT_RESOLVED,
+    }
+)
+BAD_TYPES = frozenset(
+    {
+        EventType.ORDER_REJECTED,
+        EventType.ORDER_FAILED,
+        EventType.SIGNAL_REJECTED,
+        EventType.RISK_LIMIT_EXCEEDED,
+        EventType.KILL_SWITCH_ACTIVATED,
+        EventType.RISK_ALERT,
+        EventType.ERROR_OCCURRED,
+        EventType.RECONCILIATION_MISMATCH,
+        EventType.ORDER_NEEDS_REVIEW,
+        EventType.STOP_LOSS_TRIGGERED,
+    }
+)
+GOOD_TYPES = frozenset(
+    {
+        EventType.ORDER_FILLED,
+        EventType.ORDER_PARTIALLY_FILLED,
+        EventType.POSITION_OPENED,
+        EventType.POSITION_CLOSED,
+    }
+)
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -55,16 +75,20 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _settings(*, redis: bool) -> tuple[Settings, str, str]:
-    try:
-        settings = get_settings()
-    except ValueError as exc:
-        fail(f"invalid settings: {exc}")
-    missing = [name for name, value in (("ARBITER_DATABASE_URL", settings.database_url),
-                                        ("ARBITER_REDIS_URL", settings.redis_url))
-               if not value and (redis or name == "ARBITER_DATABASE_URL")]
+    settings = common.settings()  # the environment, else a running `arbiter up`'s env file
+    missing = [
+        name
+        for name, value in (
+            ("ARBITER_DATABASE_URL", settings.database_url),
+            ("ARBITER_REDIS_URL", settings.redis_url),
+        )
+        if not value and (redis or name == "ARBITER_DATABASE_URL")
+    ]
     if missing:
-        fail(f"{' and '.join(missing)} not set: start the services with `arbiter up`, "
-             "or set ARBITER_DATABASE_URL / ARBITER_REDIS_URL")
+        fail(
+            f"{' and '.join(missing)} not set: start the services with `arbiter up`, "
+            "or set ARBITER_DATABASE_URL / ARBITER_REDIS_URL"
+        )
     return settings, settings.database_url or "", settings.redis_url or ""
 
 
@@ -91,8 +115,9 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput(f"--since {value!r}: use e.g. 10m, 2h, 1d or an ISO time "
-                           "like 2025-01-31T09:30:00Z") from None
+        raise InvalidInput(
+            f"--since {value!r}: use e.g. 10m, 2h, 1d or an ISO time like 2025-01-31T09:30:00Z"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -132,9 +157,16 @@ def list_command(
     database = Database(database_url, pool_size=1)
     try:
         with database.sessions() as session:
-            records = list_events(session, types=_types(types), order_id=order,
-                                  strategy=strategy, ticker=ticker, since=since_at, limit=limit,
-                                  newest_first=True)
+            records = list_events(
+                session,
+                types=_types(types),
+                order_id=order,
+                strategy=strategy,
+                ticker=ticker,
+                since=since_at,
+                limit=limit,
+                newest_first=True,
+            )
     except SQLAlchemyError as exc:
         _unreachable(database_url, exc)
     finally:
@@ -151,19 +183,30 @@ def list_command(
         table.add_column(column, overflow="fold")
     for record in records:
         event = record_to_event(record)
-        table.add_row(str(record.seq), event.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      f"[{_style(event.type)}]{event.type.value}[/]", escape(event.source),
-                      escape(event.strategy or ""), escape(event.ticker or ""),
-                      str(event.order_id or ""), escape(_summary(event.payload)))
+        table.add_row(
+            str(record.seq),
+            event.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"[{_style(event.type)}]{event.type.value}[/]",
+            escape(event.source),
+            escape(event.strategy or ""),
+            escape(event.ticker or ""),
+            str(event.order_id or ""),
+            escape(_summary(event.payload)),
+        )
     Console(highlight=False).print(table)
 
 
 def _line(event: Event) -> str:
     style = _style(event.type)
-    parts = [f"[dim]{event.occurred_at.strftime('%H:%M:%S.%f')[:-3]}[/]",
-             f"[{style}]{event.type.value:<26}[/]"]
-    for label, value in (("strategy", event.strategy), ("ticker", event.ticker),
-                         ("order", event.order_id)):
+    parts = [
+        f"[dim]{event.occurred_at.strftime('%H:%M:%S.%f')[:-3]}[/]",
+        f"[{style}]{event.type.value:<26}[/]",
+    ]
+    for label, value in (
+        ("strategy", event.strategy),
+        ("ticker", event.ticker),
+        ("order", event.order_id),
+    ):
         if value is not None:
             parts.append(f"{label}={escape(str(value))}")
     if event.source != "arbiter":
@@ -214,8 +257,16 @@ def publish_command(
     database = Database(database_url, pool_size=1)
     publisher = EventPublisher(redis_url, settings.event_channel_prefix, database)
     try:
-        event = publish_external(database, publisher, event_type, source=source, payload=body,
-                                 strategy=strategy, ticker=ticker, order_id=order)
+        event = publish_external(
+            database,
+            publisher,
+            event_type,
+            source=source,
+            payload=body,
+            strategy=strategy,
+            ticker=ticker,
+            order_id=order,
+        )
     except InvalidInput as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:

@@ -322,7 +322,7 @@ def test_orders_json_has_the_contract_keys_and_filters(cli: Invoke, db: Database
     rejected = as_json(cli("orders", "--state", "rejected", "--json"))
     assert len(rejected) == 1
     assert rejected[0]["state"] == "REJECTED"
-    assert rejected[0]["quantity"] == "2.500000000"
+    assert rejected[0]["quantity"] == "2.5"
     assert rejected[0]["reason"] == "test: REJECTED"
     assert rejected[0]["side"] == "sell"
     assert {r["id"] for r in as_json(cli("orders", "--strategy", "trading", "--json"))} == {
