@@ -149,6 +149,8 @@ def cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S%z")
+    if isinstance(value, Decimal):
+        return plain_decimal(value)
     if isinstance(value, Mapping | list):
         return json.dumps(jsonable(value))
     return str(value)
