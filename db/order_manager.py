@@ -43,6 +43,12 @@ class OrderNotFound(ArbiterError):
     pass
 
 
+def locked_orders(session: Session) -> list[Order]:
+    """The orders this transaction holds locked (for log context, say)."""
+    ids = session.info.get(_LOCKED) or ()
+    return [order for i in ids if (order := session.get(Order, i)) is not None]
+
+
 def order_event(order: Order, event_type: EventType, **payload: Any) -> Event:
     """An event about `order`, with the envelope's order, strategy and ticker filled in."""
     return Event(

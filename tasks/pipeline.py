@@ -27,12 +27,13 @@ from core.settings import get_settings
 from core.signals import client_order_id_for
 from core.states import OrderState
 from db import pipeline as steps
-from db.order_manager import OrderManager
+from db.engine import UnitOfWork
+from db.order_manager import OrderManager, locked_orders
 from db.pipeline import SubmitPlan
 from db.settlement import release_unfilled_claim, settle
 from tasks import pending, routing
 from tasks.crashpoints import crash_point
-from tasks.logs import bind_order, bind_order_of
+from tasks.logs import bind_order_of
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def intake(self: Task, *args: Any, **kwargs: Any) -> int:
         order_id = steps.intake(
             uow.session, raw_signal, actor=routing.INTAKE, message_id=str(self.request.id)
         )
-        bind_order(order_id=order_id)
+        _bind_log_context(uow)
         uow.commit()
     _forget_pending(raw_signal)
     return order_id
@@ -72,6 +73,13 @@ def _forget_pending(raw_signal: Any) -> None:
     strategy, signal_id = raw_signal.get("strategy"), raw_signal.get("signal_id")
     if isinstance(strategy, str) and isinstance(signal_id, str):
         pending.forget(runtime().redis, client_order_id_for(strategy, signal_id))
+
+
+def _bind_log_context(uow: UnitOfWork) -> None:
+    """The rest of this task's log lines name its order (id, client_order_id, strategy,
+    ticker)."""
+    for order in locked_orders(uow.session):
+        bind_order_of(order)
 
 
 def _order_id(value: Any) -> int:
@@ -87,6 +95,7 @@ def validate(order_id: int) -> int:
     rt = runtime()
     with rt.database.unit_of_work() as uow:
         steps.validate(uow.session, order_id, rt.risk_limits, actor=routing.VALIDATE)
+        _bind_log_context(uow)
         uow.commit()
     return order_id
 
@@ -96,6 +105,7 @@ def check_conflict(order_id: int) -> int:
     order_id = _order_id(order_id)
     with runtime().database.unit_of_work() as uow:
         steps.check_conflict(uow.session, order_id, actor=routing.CHECK_CONFLICT)
+        _bind_log_context(uow)
         uow.commit()
     return order_id
 

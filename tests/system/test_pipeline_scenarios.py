@@ -114,7 +114,7 @@ def test_a_repeated_signal_id_makes_one_order_and_one_brokerage_order(
     start_worker: Callable[..., CeleryProcess],
     simulator: Simulator,
 ) -> None:
-    start_worker()
+    worker = start_worker()
     coids = {
         client.submit_signal("trading", "AMD", "buy", 5, signal_id="same-signal") for _ in range(5)
     }
@@ -123,3 +123,14 @@ def test_a_repeated_signal_id_makes_one_order_and_one_brokerage_order(
     with db.unit_of_work() as uow:
         assert uow.session.scalar(select(func.count()).select_from(Order)) == 1
     assert len(simulator.admin.orders()) == 1
+    # Every log line a step writes names its order (structured context); the main process
+    # only receives messages, before any order is known.
+    (coid,) = coids
+    step_lines = [
+        line
+        for line in worker.log().splitlines()
+        if "arbiter.check_conflict[" in line and "ForkPoolWorker" in line
+    ]
+    assert step_lines
+    assert all(f"client_order_id={coid}" in line for line in step_lines)
+    assert all("strategy=trading" in line and "ticker=AMD" in line for line in step_lines)
