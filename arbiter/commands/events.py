@@ -23,7 +23,8 @@ from core.settings import Settings
 from db.engine import Database
 from db.event_history import list_events
 from db.outbox import record_to_event
-from tasks.events import EventPublisher, EventSubscriber, parse_event_type, publish_external
+from tasks.events import EventPublisher, parse_event_type, publish_external
+from tasks.subscriber import EventSubscriber
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 err = Console(stderr=True, highlight=False)

@@ -32,10 +32,10 @@ from db.models import EventRecord
 from db.outbox import emit
 from tasks.events import (
     EventPublisher,
-    EventSubscriber,
     publish_external,
     relay_unpublished,
 )
+from tasks.subscriber import EventSubscriber
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 15.0

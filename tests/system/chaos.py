@@ -60,7 +60,8 @@ from db.models import EventRecord, Order
 from db.reconcile import reconcile_open_orders
 from db.seed import seed_default_strategies
 from tasks.crashpoints import NAMES as CRASH_POINTS
-from tasks.events import EventPublisher, EventSubscriber, relay_unpublished
+from tasks.events import EventPublisher, relay_unpublished
+from tasks.subscriber import EventSubscriber
 from tests.fixtures.processes import FAST_MAINTENANCE, CeleryProcess
 from tests.fixtures.simulator import REPO_ROOT, Simulator
 from tests.system.invariants import check_invariants
