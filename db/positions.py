@@ -16,17 +16,14 @@ from db.outbox import emit
 
 
 def get_or_create_position(session: Session, strategy_id: int, ticker: str) -> Position:
-    """The row, locked for update; created empty the first time."""
-    session.execute(
-        insert(Position)
-        .values(strategy_id=strategy_id, ticker=ticker)
-        .on_conflict_do_nothing(index_elements=["strategy_id", "ticker"])
-    )
-    position = session.scalar(
-        select(Position)
-        .where(Position.strategy_id == strategy_id, Position.ticker == ticker)
-        .with_for_update(of=Position)
-        .execution_options(populate_existing=True)
+    """The row, locked for update; created empty the first time. One round trip: an upsert
+    whose no-op update takes the row lock and returns the row."""
+    stmt = insert(Position).values(strategy_id=strategy_id, ticker=ticker)
+    position: Position | None = session.scalar(
+        stmt.on_conflict_do_update(
+            index_elements=["strategy_id", "ticker"], set_={"ticker": stmt.excluded.ticker}
+        ).returning(Position),
+        execution_options={"populate_existing": True},
     )
     assert position is not None
     return position
