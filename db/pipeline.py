@@ -232,6 +232,7 @@ def _record_decision(
     return [
         order_event(order, EventType.CONFLICT_DETECTED, **conflict),
         order_event(order, outcome, **conflict),
+        order_event(order, EventType.CONFLICT_RESOLVED, **conflict),
     ]
 
 

@@ -18,13 +18,15 @@ from typing import Any
 
 import redis
 from celery import Celery, shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from redis.exceptions import LockError
 from sqlalchemy import select
 
+from core.events import Event, EventType
 from core.settings import get_settings
 from db import position_check, reconcile, recovery
 from db.models import Order
+from db.outbox import emit
 from tasks import pending, routing
 from tasks.app import get_app
 from tasks.crashpoints import crash_point
@@ -208,10 +210,29 @@ def startup_recovery() -> dict[str, Any]:
     return counts
 
 
+def _announce(event_type: EventType, sender: Any) -> None:
+    """SYSTEM_STARTED / SYSTEM_STOPPED for one worker, best effort."""
+    try:
+        with runtime().database.unit_of_work() as uow:
+            emit(
+                uow.session,
+                Event(type=event_type, source="worker", payload={"worker": str(sender or "")}),
+            )
+            uow.commit()
+    except Exception:
+        log.exception("could not record %s", event_type.value)
+
+
+@worker_shutdown.connect
+def _announce_stop(sender: Any = None, **_: Any) -> None:
+    _announce(EventType.SYSTEM_STOPPED, getattr(sender, "hostname", sender))
+
+
 @worker_ready.connect
 def _recover_on_start(sender: Any = None, **_: Any) -> None:
     """One recovery per cluster start: the first worker to take the lock sends the task; the
     lock is left to expire rather than released, so workers starting together skip it."""
+    _announce(EventType.SYSTEM_STARTED, getattr(sender, "hostname", sender))
     try:
         taken = runtime().redis.set(STARTUP_LOCK, str(os.getpid()), nx=True, ex=STARTUP_LOCK_S)
         if taken:

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import task_postrun
+from celery.signals import task_failure, task_postrun
 from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
@@ -23,12 +23,14 @@ from core.errors import (
     DuplicateClientOrderId,
     InvalidInput,
 )
+from core.events import Event, EventType
 from core.settings import get_settings
 from core.signals import client_order_id_for
 from core.states import OrderState
 from db import pipeline as steps
 from db.engine import UnitOfWork
 from db.order_manager import OrderManager, locked_orders
+from db.outbox import emit
 from db.pipeline import SubmitPlan
 from db.settlement import release_unfilled_claim, settle
 from tasks import pending, routing
@@ -184,3 +186,35 @@ def _record_rejection(order_id: int, reason: str) -> None:
 def _after_task(**_: Any) -> None:
     # The next link of the chain is published by now; the message is not acked yet.
     crash_point("before_ack")
+
+
+@task_failure.connect
+def _announce_failure(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    **_: Any,
+) -> None:
+    """A pipeline task that failed for good (retries spent, or a malformed message) is an
+    ERROR_OCCURRED event, so operators see it beside the order's other events."""
+    name = getattr(sender, "name", "")
+    if name not in routing.PIPELINE:
+        return
+    first = args[0] if isinstance(args, list | tuple) and args else None
+    order_id = first if isinstance(first, int) and not isinstance(first, bool) else None
+    error = f"{type(exception).__name__}: {exception}"[:2000]
+    try:
+        with runtime().database.unit_of_work() as uow:
+            emit(
+                uow.session,
+                Event(
+                    type=EventType.ERROR_OCCURRED,
+                    source=name,
+                    order_id=order_id,
+                    payload={"task": name, "task_id": task_id, "error": error},
+                ),
+            )
+            uow.commit()
+    except Exception:  # the log still has it; never fail the failure handling
+        log.exception("could not record the failure of %s", name)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from core.errors import InvalidSignal
 from db.engine import Database
-from db.models import Order
+from db.models import EventRecord, Order
 from tasks import routing
 from tasks.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
@@ -136,6 +136,22 @@ def test_malformed_messages_on_the_queue_end_rejected_and_the_worker_lives(
     assert len(rejected) == len(RAW_MESSAGES) + 1
     assert all(o.reason for o in rejected)
     assert worker.proc is not None and worker.proc.poll() is None
+
+    # The garbage order ids failed their tasks for good: each is an ERROR_OCCURRED event.
+    def failures() -> set[str]:
+        with db.unit_of_work() as uow:
+            rows = uow.session.scalars(
+                select(EventRecord).where(EventRecord.type == "error_occurred")
+            ).all()
+        return {r.payload["task"] for r in rows}
+
+    eventually(lambda: {routing.VALIDATE, routing.SUBMIT} <= failures())
+    with db.unit_of_work() as uow:
+        assert uow.session.scalar(
+            select(func.count())
+            .select_from(EventRecord)
+            .where(EventRecord.type == "system_started")
+        )
     queues = redis.Redis.from_url(redis_url)
     eventually(
         lambda: all(queues.llen(q) == 0 for q in (routing.SIGNALS_QUEUE, routing.ORDERS_QUEUE))

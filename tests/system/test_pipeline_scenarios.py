@@ -86,9 +86,12 @@ def test_the_three_conflict_scenarios_read_right(
     blocked_order = order_by_coid(db, blocked)
     assert blocked_order is not None and blocked_order.state == "REJECTED"
     assert "insufficient priority" in (blocked_order.reason or "")
-    assert {"conflict_detected", "order_blocked_by_conflict", "signal_rejected"} <= set(
-        _events(db, blocked_order.id)
-    )
+    assert {
+        "conflict_detected",
+        "order_blocked_by_conflict",
+        "conflict_resolved",
+        "signal_rejected",
+    } <= set(_events(db, blocked_order.id))
     override_order = order_by_coid(db, override)
     assert override_order is not None and override_order.state == "FULLY_FILLED"
     assert {"conflict_detected", "priority_override", "order_filled"} <= set(
