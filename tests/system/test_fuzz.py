@@ -74,11 +74,6 @@ def signal_fields(draw: st.DrawFn) -> dict[str, Any]:
     return fields
 
 
-@pytest.fixture
-def client(redis_url: str) -> SignalClient:
-    return SignalClient(redis_url)
-
-
 def _settled_with_valid_trails(db: Database) -> list[Order]:
     """Every order terminal (or in review), REJECTED ones with a reason, each trail a valid
     path from IDLE to the order's state."""

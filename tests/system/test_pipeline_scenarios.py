@@ -17,11 +17,6 @@ from tests.system.helpers import order_by_coid, wait_terminal
 pytestmark = pytest.mark.system
 
 
-@pytest.fixture
-def client(redis_url: str) -> SignalClient:
-    return SignalClient(redis_url)
-
-
 def _events(db: Database, order_id: int) -> list[str]:
     with db.unit_of_work() as uow:
         return list(

@@ -21,11 +21,6 @@ from tests.system.helpers import eventually, wait_terminal
 pytestmark = pytest.mark.system
 
 
-@pytest.fixture
-def client(redis_url: str) -> SignalClient:
-    return SignalClient(redis_url)
-
-
 def _one_brokerage_order_each(simulator: Simulator, coids: list[str]) -> None:
     seen = defaultdict(int)
     for order in simulator.admin.orders():
