@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from brokersim.ledger import (
     OPEN_STATUSES,
@@ -170,13 +171,25 @@ class Store:
         if client_order_id is not None:
             where.append("client_order_id = ?")
             args.append(client_order_id)
-        sql = f"SELECT * FROM orders WHERE {' AND '.join(where)} ORDER BY submitted_at "
+        rows = self._select("orders", where, args, "submitted_at", ascending, limit)
+        return [order_from_row(row) for row in rows]
+
+    def _select(
+        self,
+        table: str,
+        where: list[str],
+        args: list[Any],
+        order_by: str,
+        ascending: bool,
+        limit: int | None,
+    ) -> list[sqlite3.Row]:
+        """The rows of `table` matching every condition, in order, at most `limit`."""
+        sql = f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY {order_by} "
         sql += "ASC" if ascending else "DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
-        return [order_from_row(row) for row in rows]
+            return self._conn.execute(sql, args).fetchall()
 
     def due_orders(self, now: float) -> list[StoredOrder]:
         with self._lock:
@@ -392,12 +405,7 @@ class Store:
         if until is not None:
             where.append("transaction_time < ?")
             args.append(until)
-        sql = f"SELECT * FROM fills WHERE {' AND '.join(where)} ORDER BY seq "
-        sql += "ASC" if ascending else "DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
+        rows = self._select("fills", where, args, "seq", ascending, limit)
         return [fill_from_row(row) for row in rows]
 
     def fill_seq(self, fill_id: str) -> int | None:
