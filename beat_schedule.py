@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.settings import Settings
-from tasks import routing
+from strategy_client import routing
 
 
 def _every(seconds: float, task: str) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def run_strategy(
     """Process body: send the setup signals, wait for `go`, then stream the rest at a steady
     pace. Reports ("sent", strategy, client_order_id), ("setup-done", ...), ("done", ...)."""
     sys.stdout = sys.stderr  # the parent's stdout may carry --json output
-    from tasks.client import SignalClient
+    from strategy_client.client import SignalClient
 
     client = SignalClient(redis_url)
     try:

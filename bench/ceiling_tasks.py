@@ -17,8 +17,8 @@ from celery import Celery
 
 from arbiter.services import libpq_url
 from core.settings import get_settings
+from strategy_client.routing import ORDERS_QUEUE, SIGNALS_QUEUE
 from tasks.app import celery_config
-from tasks.routing import ORDERS_QUEUE, SIGNALS_QUEUE
 
 STEPS = ("bench.ceiling.step1", "bench.ceiling.step2", "bench.ceiling.step3",
          "bench.ceiling.step4")

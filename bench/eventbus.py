@@ -76,7 +76,7 @@ class LagListener:
 def catch_up(redis_url: str, database_url: str, prefix: str, pg: Postgres,
              timeout: float = 300.0) -> dict[str, Any]:
     """A fresh EventSubscriber started from the run's first event id: events/s until ready."""
-    from tasks.subscriber import EventSubscriber
+    from strategy_client.subscriber import EventSubscriber
 
     rows = pg.query("SELECT id, (SELECT count(*) FROM events) FROM events ORDER BY seq LIMIT 1")
     if not rows:

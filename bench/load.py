@@ -16,7 +16,7 @@ from celery import Celery, chain
 
 from bench.ceiling_tasks import STEPS, TABLE_DDL
 from bench.measure import Postgres, percentiles
-from tasks.client import SignalClient
+from strategy_client.client import SignalClient
 
 POLL_S = 0.1
 STRATEGY = "trading"  # no ownership lock, so every buy on its own tickers passes

@@ -17,15 +17,15 @@ from typing import Any
 import psutil
 from sqlalchemy import insert, select
 
+from adapters.alpaca import AlpacaBrokerage
 from bench.load import STRATEGY, TICKERS
 from brokersim.ledger import fmt_ts
 from brokersim.store import Store
 from db.engine import Database
 from db.migrate import upgrade
 from db.models import Order, Strategy
-from db.reconcile import reconcile_open_orders
 from db.seed import seed_default_strategies
-from tasks.alpaca import AlpacaBrokerage
+from service_layer.reconciliation import reconcile_open_orders
 from tests.fixtures.simulator import Simulator
 
 LIMIT_PRICE = Decimal("1")  # simulator prices start at 20.00: never crossed

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.errors import InvalidInput
 from core.states import OrderState
 
 SCHEMA_VERSION = 1
@@ -135,3 +136,15 @@ def channel_for(event_type: EventType | str, prefix: str = "arbiter.events") -> 
     """The pub/sub channel of one type: `arbiter.events.order_filled`. Subscribe to
     `arbiter.events.*` (PSUBSCRIBE) for all of them."""
     return f"{prefix}.{EventType(event_type).value}"
+
+
+def parse_event_type(value: EventType | str) -> EventType:
+    """`order_filled`, `ORDER_FILLED` or the enum member; InvalidInput names the allowed ones."""
+    if isinstance(value, EventType):
+        return value
+    name = str(value).strip().lower()
+    try:
+        return EventType(name)
+    except ValueError:
+        allowed = ", ".join(sorted(member.value for member in EventType))
+        raise InvalidInput(f"unknown event type {value!r}; known types: {allowed}") from None

@@ -16,6 +16,9 @@ DEV_BROKERAGE_SECRET = "arbiter-dev-secret"
 DEV_BROKERAGE_URL = "http://127.0.0.1:8765"
 
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARBITER_", extra="ignore")
 

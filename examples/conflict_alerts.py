@@ -18,7 +18,7 @@ from pathlib import Path
 from core.errors import InvalidInput
 from core.events import Event, EventType
 from core.settings import get_settings
-from tasks.subscriber import EventSubscriber
+from strategy_client.subscriber import EventSubscriber
 
 ALERT_TYPES = (
     EventType.CONFLICT_DETECTED,

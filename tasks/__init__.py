@@ -1,5 +1,5 @@
 """Celery side of Arbiter. `celery -A tasks worker` finds the app here, built on first use so
-that importing the light client (`tasks.client`) never configures a worker."""
+that importing the light client (`strategy_client.client`) never configures a worker."""
 
 from __future__ import annotations
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu.entity import Queue
 
-from core.settings import Settings, get_settings
-from tasks.routing import MAINTENANCE_QUEUE, ORDERS_QUEUE, SIGNALS_QUEUE, TASK_ROUTES
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from core.settings import DEFAULT_REDIS_URL, Settings, get_settings
+from strategy_client.routing import MAINTENANCE_QUEUE, ORDERS_QUEUE, SIGNALS_QUEUE, TASK_ROUTES
 
 
 def celery_config(settings: Settings) -> dict[str, object]:

@@ -2,7 +2,7 @@
 and ownership housekeeping. Each run holds a Redis lock so that two beats, or a slow run and
 the next, never overlap; a run that finds the lock held is skipped, not queued.
 
-The tasks are thin: they take the lock, call one service in db/reconcile.py and return counts.
+The tasks are thin: they take the lock, call one service of service_layer/ and return counts.
 On worker start, one worker of the whole cluster sends `startup_recovery` (a Redis lock that is
 left to expire, so that workers starting together run it once).
 """
@@ -24,10 +24,11 @@ from sqlalchemy import select
 
 from core.events import Event, EventType
 from core.settings import get_settings
-from db import position_check, reconcile, recovery
 from db.models import Order
 from db.outbox import emit
-from tasks import pending, routing
+from service_layer import position_check, recovery
+from service_layer import reconciliation as reconcile
+from strategy_client import pending, routing
 from tasks.app import get_app
 from tasks.crashpoints import crash_point
 from tasks.runtime import runtime
@@ -127,8 +128,8 @@ def recover_stalled() -> dict[str, Any]:
 
 
 def resend_lost_signals(app: Celery) -> int:
-    """Signals the client noted but intake never recorded (tasks/pending.py): those with an
-    order already are forgotten, the others enqueued again."""
+    """Signals the client noted but intake never recorded (strategy_client/pending.py): those
+    with an order already are forgotten, the others enqueued again."""
     rt = runtime()
     overdue = pending.overdue(rt.redis, older_than_s=2 * rt.settings.stalled_after_s)
     if not overdue:
@@ -167,7 +168,7 @@ def reconcile_positions() -> dict[str, Any]:
 
 @shared_task(name=routing.RELAY_EVENTS)
 def relay_events() -> int:
-    from tasks.events import relay_unpublished
+    from db.publisher import relay_unpublished
 
     rt = runtime()
     with exclusive(routing.RELAY_EVENTS, _lock_timeout()) as held:
@@ -193,7 +194,7 @@ def expire_ownership() -> dict[str, Any]:
 
 @shared_task(name=routing.STARTUP_RECOVERY)
 def startup_recovery() -> dict[str, Any]:
-    from tasks.events import relay_unpublished
+    from db.publisher import relay_unpublished
 
     rt = runtime()
     with exclusive(routing.STARTUP_RECOVERY, _lock_timeout()) as held:

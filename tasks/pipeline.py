@@ -1,6 +1,6 @@
 """The signal pipeline: intake -> validate -> check_conflict -> submit, chained.
 
-Each task takes an order id, opens a unit of work, calls one step in db/pipeline.py, commits
+Each task takes an order id, opens a unit of work, calls one service of service_layer/, commits
 and returns the id for the next link. Every step is idempotent on the order's state, so a
 redelivered or re-enqueued task does nothing harmful.
 """
@@ -15,25 +15,16 @@ from celery.signals import task_failure, task_postrun
 from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
-from core.brokerage import Brokerage, BrokerOrder
-from core.errors import (
-    BrokerageProtocolError,
-    BrokerageRejected,
-    BrokerageUnavailable,
-    DuplicateClientOrderId,
-    InvalidInput,
-)
+from core.errors import BrokerageUnavailable, InvalidInput
 from core.events import Event, EventType
 from core.settings import get_settings
 from core.signals import client_order_id_for
-from core.states import OrderState
-from db import pipeline as steps
 from db.engine import UnitOfWork
-from db.order_manager import OrderManager, locked_orders
+from db.order_manager import locked_orders
 from db.outbox import emit
-from db.pipeline import SubmitPlan
-from db.settlement import release_unfilled_claim, settle
-from tasks import pending, routing
+from service_layer import conflict_check, submission, validation
+from service_layer import intake as intake_service
+from strategy_client import pending, routing
 from tasks.crashpoints import crash_point
 from tasks.logs import bind_order_of
 from tasks.runtime import runtime
@@ -59,7 +50,7 @@ def intake(self: Task, *args: Any, **kwargs: Any) -> int:
     recorded REJECTED with its reason instead of failing in Celery's argument binding."""
     raw_signal = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
     with runtime().database.unit_of_work() as uow:
-        order_id = steps.intake(
+        order_id = intake_service.intake(
             uow.session, raw_signal, actor=routing.INTAKE, message_id=str(self.request.id)
         )
         _bind_log_context(uow)
@@ -69,7 +60,7 @@ def intake(self: Task, *args: Any, **kwargs: Any) -> int:
 
 
 def _forget_pending(raw_signal: Any) -> None:
-    """The signal is an order now: the client's safety copy can go (tasks/pending.py)."""
+    """The signal is an order now: the client's safety copy can go (strategy_client/pending.py)."""
     if not isinstance(raw_signal, dict):
         return
     strategy, signal_id = raw_signal.get("strategy"), raw_signal.get("signal_id")
@@ -96,7 +87,7 @@ def validate(order_id: int) -> int:
     order_id = _order_id(order_id)
     rt = runtime()
     with rt.database.unit_of_work() as uow:
-        steps.validate(uow.session, order_id, rt.risk_limits, actor=routing.VALIDATE)
+        validation.validate(uow.session, order_id, rt.risk_limits, actor=routing.VALIDATE)
         _bind_log_context(uow)
         uow.commit()
     return order_id
@@ -106,7 +97,7 @@ def validate(order_id: int) -> int:
 def check_conflict(order_id: int) -> int:
     order_id = _order_id(order_id)
     with runtime().database.unit_of_work() as uow:
-        steps.check_conflict(uow.session, order_id, actor=routing.CHECK_CONFLICT)
+        conflict_check.check_conflict(uow.session, order_id, actor=routing.CHECK_CONFLICT)
         _bind_log_context(uow)
         uow.commit()
     return order_id
@@ -114,72 +105,19 @@ def check_conflict(order_id: int) -> int:
 
 @shared_task(name=routing.SUBMIT, **RETRY)
 def submit(order_id: int) -> int:
-    """Send the order to the brokerage at most once per client_order_id.
-
-    The attempt is recorded before the call, so a crash after the brokerage accepted is seen
-    by the next attempt (which asks by client_order_id first) or by reconciliation. When
-    retries run out the order stays ORDER_PENDING and reconciliation settles it."""
+    """Send the order to the brokerage at most once per client_order_id
+    (service_layer/submission.py). When retries run out the order stays ORDER_PENDING and
+    reconciliation settles it."""
     order_id = _order_id(order_id)
     rt = runtime()
-    with rt.database.unit_of_work() as uow:
-        plan = steps.begin_submit(uow.session, order_id)
-        uow.commit()
-    if plan is None:
-        return order_id
-
-    try:
-        report = _send_once(rt.brokerage, plan)
-    except BrokerageRejected as exc:
-        _record_rejection(order_id, exc.reason)
-        return order_id
-    crash_point("after_brokerage_accepted")
-
-    with rt.database.unit_of_work() as uow:
-        order = OrderManager(uow.session).lock(order_id)
-        bind_order_of(order)
-        if order.state == OrderState.ORDER_PENDING.value and report.state is OrderState.ORDER_SENT:
-            OrderManager(uow.session).transition(
-                order,
-                OrderState.ORDER_SENT,
-                reason="accepted by the brokerage",
-                actor=routing.SUBMIT,
-                brokerage_order_id=report.brokerage_order_id,
-            )
-        settle(uow.session, order, report, actor=routing.SUBMIT)
-        uow.commit()
+    submission.submit(
+        rt.database,
+        rt.brokerage,
+        order_id,
+        on_order=bind_order_of,
+        after_accepted=lambda: crash_point("after_brokerage_accepted"),
+    )
     return order_id
-
-
-def _send_once(brokerage: Brokerage, plan: SubmitPlan) -> BrokerOrder:
-    """The brokerage's order for this client_order_id: looked up first on a retry, created
-    otherwise. An unreadable answer leaves the outcome unknown: retried like a timeout."""
-    coid = plan.request.client_order_id
-    try:
-        found = brokerage.get_by_client_order_id(coid) if plan.attempt > 1 else None
-        if found is not None:
-            return found
-        try:
-            return brokerage.submit(plan.request)
-        except DuplicateClientOrderId:
-            found = brokerage.get_by_client_order_id(coid)
-            if found is None:
-                raise BrokerageUnavailable("duplicate reported but order not found yet") from None
-            return found
-    except BrokerageProtocolError as exc:
-        raise BrokerageUnavailable(f"unreadable brokerage answer: {exc}") from exc
-
-
-def _record_rejection(order_id: int, reason: str) -> None:
-    with runtime().database.unit_of_work() as uow:
-        manager = OrderManager(uow.session)
-        order = manager.lock(order_id)
-        bind_order_of(order)
-        if order.state == OrderState.ORDER_PENDING.value:
-            manager.transition(
-                order, OrderState.REJECTED, reason=f"brokerage: {reason}", actor=routing.SUBMIT
-            )
-            release_unfilled_claim(uow.session, order)
-        uow.commit()
 
 
 @task_postrun.connect

@@ -11,10 +11,10 @@ import redis
 
 from core.brokerage import Brokerage
 from core.risk import RiskLimits
-from core.settings import Settings, get_settings
+from core.settings import DEFAULT_REDIS_URL, Settings, get_settings
 from db.engine import Database
-from tasks.app import DEFAULT_REDIS_URL
-from tasks.events import EventPublisher, attach_publisher
+from db.publisher import EventPublisher, attach_publisher
+from tasks.crashpoints import crash_point
 
 
 @dataclass
@@ -34,11 +34,13 @@ class Runtime:
     @cached_property
     def publisher(self) -> EventPublisher:
         """Publishes each committed transaction's events; the database's after-commit hook."""
-        return attach_publisher(
+        publisher = attach_publisher(
             self.database,
             self.settings.redis_url or DEFAULT_REDIS_URL,
             self.settings.event_channel_prefix,
         )
+        publisher.before_publish = lambda: crash_point("after_commit_before_publish")
+        return publisher
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -48,7 +50,7 @@ class Runtime:
 
     @cached_property
     def brokerage(self) -> Brokerage:
-        from tasks.alpaca import AlpacaBrokerage
+        from adapters.alpaca import AlpacaBrokerage
 
         return AlpacaBrokerage.from_settings(self.settings)
 

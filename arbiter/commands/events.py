@@ -18,13 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from arbiter.commands import common
 from core.errors import InvalidInput
-from core.events import Event, EventType
+from core.events import Event, EventType, parse_event_type
 from core.settings import Settings
 from db.engine import Database
 from db.event_history import list_events
 from db.outbox import record_to_event
-from tasks.events import EventPublisher, parse_event_type, publish_external
-from tasks.subscriber import EventSubscriber
+from db.publisher import EventPublisher
+from strategy_client.external_events import publish_external
+from strategy_client.subscriber import EventSubscriber
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 err = Console(stderr=True, highlight=False)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from arbiter.commands import common
 from core.errors import ArbiterError
 from core.states import OrderState
-from db import repositories
+from db import kill_switch as kill_switch_store
 from db.models import Order
 from db.order_manager import OrderManager
 
@@ -52,7 +52,7 @@ def open_at_brokerage(session: Session) -> list[str]:
 def cancel_at_brokerage(brokerage_ids: list[str]) -> tuple[int, list[str]]:
     """Ask the brokerage to cancel each order; reconciliation records the outcome (a fill
     that beat the cancel is still booked). Returns (requested, failures)."""
-    from tasks.alpaca import AlpacaBrokerage
+    from adapters.alpaca import AlpacaBrokerage
 
     brokerage = AlpacaBrokerage.from_settings(common.settings())
     failures = []
@@ -77,7 +77,7 @@ def on(
 ) -> None:
     """Turn the kill switch on: every new signal is rejected."""
     with common.unit_of_work() as uow:
-        repositories.set_kill_switch(uow.session, True, reason, ACTOR)
+        kill_switch_store.set_kill_switch(uow.session, True, reason, ACTOR)
         cancelled = cancel_received(uow.session, f"kill switch: {reason}") if cancel_open else 0
         live = open_at_brokerage(uow.session)
         uow.commit()
@@ -97,7 +97,7 @@ def on(
 def off(reason: Reason = "operator request") -> None:
     """Turn the kill switch off: signals are accepted again."""
     with common.unit_of_work() as uow:
-        repositories.set_kill_switch(uow.session, False, reason, ACTOR)
+        kill_switch_store.set_kill_switch(uow.session, False, reason, ACTOR)
         uow.commit()
     typer.echo(f"kill switch OFF ({reason})")
 
@@ -106,7 +106,7 @@ def off(reason: Reason = "operator request") -> None:
 def status(as_json: common.AsJson = False) -> None:
     """Whether the kill switch is on, why, by whom and since when."""
     with common.unit_of_work() as uow:
-        flag = repositories.kill_switch(uow.session)
+        flag = kill_switch_store.kill_switch(uow.session)
     row: common.Row = {
         "on": bool(flag.get("on")),
         "reason": flag.get("reason"),

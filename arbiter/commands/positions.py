@@ -8,7 +8,7 @@ import typer
 from sqlalchemy import select
 
 from arbiter.commands import common
-from db import repositories
+from db import strategies as strategy_store
 from db.models import Position, Strategy
 
 COLUMNS = ("strategy", "ticker", "quantity", "avg_cost", "realized_pnl", "updated_at")
@@ -43,7 +43,7 @@ def positions(
     with common.unit_of_work() as uow:
         if strategy is not None:
             query = query.where(
-                Position.strategy_id == repositories.require_strategy(uow.session, strategy).id
+                Position.strategy_id == strategy_store.require_strategy(uow.session, strategy).id
             )
         rows = [position_row(p) for p in uow.session.scalars(query)]
     common.show_rows(rows, as_json=as_json, columns=COLUMNS, empty="no positions")

@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 from arbiter.commands import common
 from core.errors import BrokerageUnavailable
-from db import position_check
-from db import reconcile as service
+from service_layer import position_check
+from service_layer import reconciliation as service
 
 ACTOR = "cli.reconcile"
 CHANGE_COLUMNS = ("order_id", "client_order_id", "ticker", "before", "after", "filled", "note")
@@ -19,7 +19,7 @@ def reconcile(as_json: common.AsJson = False) -> None:
 
     A position difference becomes a review item only once two passes (this one and the
     previous, beat's or CLI's) saw the same quantities; this prints it either way."""
-    from tasks.alpaca import AlpacaBrokerage
+    from adapters.alpaca import AlpacaBrokerage
 
     settings = common.settings()
     brokerage = AlpacaBrokerage.from_settings(settings)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from arbiter.commands import common
 from core.errors import InvalidInput
 from core.strategies import Horizon
-from db import repositories
+from db import strategies as strategy_store
 from db.models import Strategy, TickerOwnership
 
 app = typer.Typer(help="Trading strategies and their priorities.", no_args_is_help=True)
@@ -65,7 +65,7 @@ def parse_limits(text: str) -> dict[str, Any]:
 def list_(as_json: common.AsJson = False) -> None:
     """Strategies by priority (highest wins a conflict)."""
     with common.unit_of_work() as uow:
-        rows = [strategy_row(s) for s in repositories.list_strategies(uow.session)]
+        rows = [strategy_row(s) for s in strategy_store.list_strategies(uow.session)]
     common.show_rows(rows, as_json=as_json, columns=COLUMNS, empty="no strategies")
 
 
@@ -89,7 +89,7 @@ def add(
     with common.unit_of_work() as uow:
         if limits is not None:
             config["limits"] = parse_limits(limits)
-        strategy = repositories.add_strategy(
+        strategy = strategy_store.add_strategy(
             uow.session, name, priority, horizon.value, display_name=display_name, config=config
         )
         uow.commit()
@@ -102,7 +102,7 @@ def priority(
 ) -> None:
     """Change a strategy's priority."""
     with common.unit_of_work() as uow:
-        strategy = repositories.require_strategy(uow.session, name)
+        strategy = strategy_store.require_strategy(uow.session, name)
         old, strategy.priority = strategy.priority, value
         uow.commit()
     typer.echo(f"{name}: priority {old} -> {value}")
@@ -112,8 +112,8 @@ def priority(
 def activate(name: Name, reason: Reason = "activated by operator") -> None:
     """Accept the strategy's signals again."""
     with common.unit_of_work() as uow:
-        was_active = repositories.require_strategy(uow.session, name).active
-        repositories.set_active(uow.session, name, True, reason)
+        was_active = strategy_store.require_strategy(uow.session, name).active
+        strategy_store.set_active(uow.session, name, True, reason)
         uow.commit()
     typer.echo(f"{name} was already active" if was_active else f"{name} activated")
 
@@ -122,7 +122,7 @@ def activate(name: Name, reason: Reason = "activated by operator") -> None:
 def deactivate(name: Name, reason: Reason = "deactivated by operator") -> None:
     """Reject the strategy's new signals and release the tickers it owns."""
     with common.unit_of_work() as uow:
-        strategy = repositories.require_strategy(uow.session, name)
+        strategy = strategy_store.require_strategy(uow.session, name)
         was_active = strategy.active
         owned = list(
             uow.session.scalars(
@@ -134,7 +134,7 @@ def deactivate(name: Name, reason: Reason = "deactivated by operator") -> None:
                 .order_by(TickerOwnership.ticker)
             )
         )
-        repositories.set_active(uow.session, name, False, reason)
+        strategy_store.set_active(uow.session, name, False, reason)
         uow.commit()
     if not was_active:
         typer.echo(f"{name} was already inactive")

@@ -14,7 +14,7 @@ from core.brokerage import OrderType, TimeInForce
 from core.signals import Signal
 from core.states import OrderState, is_terminal
 from db.models import Order
-from tasks.client import SignalClient
+from strategy_client.client import SignalClient
 
 POLL_INTERVAL_S = 0.25
 # Register with these, so that a negative quantity ("-5") reaches the signal check as a

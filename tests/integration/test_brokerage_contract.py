@@ -16,6 +16,7 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
+from adapters.alpaca import AlpacaBrokerage
 from core.brokerage import OrderRequest, OrderType, Side
 from core.brokerage import TimeInForce as Tif
 from core.errors import (
@@ -26,7 +27,6 @@ from core.errors import (
     DuplicateClientOrderId,
 )
 from core.states import OrderState
-from tasks.alpaca import AlpacaBrokerage
 from tests.fixtures.simulator import Simulator, wait_for
 
 Factory = Callable[..., Simulator]

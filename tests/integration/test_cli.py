@@ -31,7 +31,7 @@ from db.models import (
     TickerOwnership,
 )
 from db.order_manager import OrderManager
-from db.repositories import require_strategy
+from db.strategies import require_strategy
 from tests.fixtures.simulator import Simulator
 
 S = OrderState
@@ -512,7 +512,7 @@ def test_kill_switch_cancel_open_cancels_live_orders_at_the_brokerage(
     cli: Invoke, db: Database, simulator: Simulator
 ) -> None:
     from core.brokerage import OrderRequest, OrderType, Side
-    from db.reconcile import reconcile_open_orders
+    from service_layer.reconciliation import reconcile_open_orders
 
     brokerage = simulator.brokerage()
     order_id = make_order(db, "k-live", path=[S.VALIDATING, S.ORDER_PENDING])

@@ -30,12 +30,9 @@ from db.engine import Database
 from db.event_history import events_after, list_events, purge_older_than
 from db.models import EventRecord
 from db.outbox import emit
-from tasks.events import (
-    EventPublisher,
-    publish_external,
-    relay_unpublished,
-)
-from tasks.subscriber import EventSubscriber
+from db.publisher import EventPublisher, relay_unpublished
+from strategy_client.external_events import publish_external
+from strategy_client.subscriber import EventSubscriber
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 15.0

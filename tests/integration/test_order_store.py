@@ -16,8 +16,8 @@ from db.engine import Database, normalise_url
 from db.migrate import downgrade, upgrade
 from db.models import EventRecord, Order, OrderTransition, Strategy, TickerOwnership
 from db.order_manager import OrderManager
-from db.repositories import strategy_by_name
 from db.seed import seed_default_strategies
+from db.strategies import strategy_by_name
 
 S = OrderState
 

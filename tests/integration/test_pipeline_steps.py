@@ -10,10 +10,14 @@ import pytest
 from sqlalchemy import select
 
 from core.risk import RiskLimits
-from db import pipeline as steps
 from db.engine import Database
+from db.kill_switch import set_kill_switch
 from db.models import ConflictLog, EventRecord, Order, Strategy, TickerOwnership
-from db.repositories import set_active, set_kill_switch
+from db.strategies import set_active
+from service_layer.conflict_check import check_conflict
+from service_layer.intake import intake
+from service_layer.submission import begin_submit
+from service_layer.validation import validate
 
 LIMITS = RiskLimits(
     max_order_quantity=Decimal(10_000),
@@ -37,11 +41,11 @@ def _raw(signal_id: str, **changes: Any) -> dict[str, Any]:
 
 def _run(db: Database, raw: Any, limits: RiskLimits = LIMITS) -> Order:
     with db.unit_of_work() as uow:
-        order_id = steps.intake(uow.session, raw, actor="test", message_id="m-1")
+        order_id = intake(uow.session, raw, actor="test", message_id="m-1")
         uow.commit()
     for step in (
-        lambda s: steps.validate(s, order_id, limits, actor="test"),
-        lambda s: steps.check_conflict(s, order_id, actor="test"),
+        lambda s: validate(s, order_id, limits, actor="test"),
+        lambda s: check_conflict(s, order_id, actor="test"),
     ):
         with db.unit_of_work() as uow:
             step(uow.session)
@@ -170,7 +174,7 @@ def test_an_unknown_strategy_is_recorded_and_rejected(db: Database) -> None:
 )
 def test_malformed_signals_at_intake_are_rejected_with_the_reason(db: Database, raw: Any) -> None:
     with db.unit_of_work() as uow:
-        order_id = steps.intake(uow.session, raw, actor="test", message_id="bad-1")
+        order_id = intake(uow.session, raw, actor="test", message_id="bad-1")
         uow.commit()
     with db.unit_of_work() as uow:
         order = uow.session.get(Order, order_id)
@@ -207,20 +211,20 @@ def test_an_owner_with_orders_in_flight_is_not_overridden(
 
 def test_the_kill_switch_also_stops_orders_already_past_validation(db: Database) -> None:
     with db.unit_of_work() as uow:
-        validating = steps.intake(uow.session, _raw("k-val"), actor="t", message_id="m")
-        pending = steps.intake(
+        validating = intake(uow.session, _raw("k-val"), actor="t", message_id="m")
+        pending = intake(
             uow.session, _raw("k-pend", ticker="MSFT"), actor="t", message_id="n"
         )
         uow.commit()
     with db.unit_of_work() as uow:
-        steps.validate(uow.session, validating, LIMITS, actor="t")
-        steps.validate(uow.session, pending, LIMITS, actor="t")
-        steps.check_conflict(uow.session, pending, actor="t")
+        validate(uow.session, validating, LIMITS, actor="t")
+        validate(uow.session, pending, LIMITS, actor="t")
+        check_conflict(uow.session, pending, actor="t")
         set_kill_switch(uow.session, True, "halt", actor="t")
         uow.commit()
     with db.unit_of_work() as uow:
-        steps.check_conflict(uow.session, validating, actor="t")
-        assert steps.begin_submit(uow.session, pending) is None
+        check_conflict(uow.session, validating, actor="t")
+        assert begin_submit(uow.session, pending) is None
         uow.commit()
     with db.unit_of_work() as uow:
         states = {o.id: o.state for o in uow.session.scalars(select(Order))}

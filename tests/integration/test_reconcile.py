@@ -13,21 +13,21 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
+from adapters.alpaca import AlpacaBrokerage
 from core.brokerage import OrderRequest, Side
 from core.events import EventType
 from core.settings import Settings
 from core.signals import Signal
 from core.states import OrderState
-from db import repositories as repo
 from db.engine import Database
 from db.models import EventRecord, Fill, Order, Position, ReviewItem
 from db.order_manager import OrderManager
 from db.ownership import claim, current_owner
-from db.pipeline import request_for
-from db.position_check import reconcile_positions
-from db.reconcile import NEVER_RECEIVED, reconcile_open_orders
-from db.recovery import MAX_REDRIVES, expire_ownership, recover_stalled, startup_recovery
-from tasks.alpaca import AlpacaBrokerage
+from db.strategies import strategy_by_name
+from service_layer.position_check import reconcile_positions
+from service_layer.reconciliation import NEVER_RECEIVED, reconcile_open_orders
+from service_layer.recovery import MAX_REDRIVES, expire_ownership, recover_stalled, startup_recovery
+from service_layer.submission import request_for
 from tests.fixtures.simulator import Simulator, wait_for
 
 S = OrderState
@@ -68,7 +68,7 @@ def build_order(
     )
     with db.unit_of_work() as uow:
         manager = OrderManager(uow.session)
-        strat = repo.strategy_by_name(uow.session, strategy)
+        strat = strategy_by_name(uow.session, strategy)
         order, _ = manager.create_from_signal(signal, strat, actor=ACTOR)
         if with_claim:
             assert strat is not None
@@ -128,7 +128,7 @@ def many_sent_orders(
     """`n` orders accepted by the simulator and recorded ORDER_SENT (bulk: two transactions)."""
     with db.unit_of_work() as uow:
         manager = OrderManager(uow.session)
-        strategy = repo.strategy_by_name(uow.session, "trading")
+        strategy = strategy_by_name(uow.session, "trading")
         orders = []
         for i in range(n):
             signal = Signal.parse(

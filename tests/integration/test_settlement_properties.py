@@ -19,7 +19,7 @@ from core.states import OrderState, is_valid_path
 from db.engine import Database
 from db.models import EventRecord, Fill, Order, OrderTransition, Position, Strategy
 from db.order_manager import OrderManager
-from db.settlement import settle
+from service_layer.settlement import settle
 from tests.fixtures.database import reset_database
 
 S = OrderState

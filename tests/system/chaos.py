@@ -57,11 +57,11 @@ from core.states import TERMINAL_STATES
 from db.engine import Database
 from db.migrate import upgrade
 from db.models import EventRecord, Order
-from db.reconcile import reconcile_open_orders
+from db.publisher import EventPublisher, relay_unpublished
 from db.seed import seed_default_strategies
+from service_layer.reconciliation import reconcile_open_orders
+from strategy_client.subscriber import EventSubscriber
 from tasks.crashpoints import NAMES as CRASH_POINTS
-from tasks.events import EventPublisher, relay_unpublished
-from tasks.subscriber import EventSubscriber
 from tests.fixtures.processes import FAST_MAINTENANCE, CeleryProcess
 from tests.fixtures.simulator import REPO_ROOT, Simulator
 from tests.system.invariants import check_invariants
@@ -190,7 +190,7 @@ def strategy_main(redis_url: str, items: list[dict[str, Any]], start_at: float,
     """One strategy process: send each item at its moment; retry an enqueue that fails (Redis
     down) with the same signal_id for up to 90 s. Writes the outcomes as JSON."""
     from core.errors import InvalidSignal
-    from tasks.client import SignalClient
+    from strategy_client.client import SignalClient
 
     client = SignalClient(redis_url)
     results = []

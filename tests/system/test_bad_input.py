@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from core.errors import InvalidSignal
 from db.engine import Database
 from db.models import EventRecord, Order
-from tasks import routing
-from tasks.client import SignalClient
+from strategy_client import routing
+from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
 from tests.system.helpers import eventually
 

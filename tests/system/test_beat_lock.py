@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import redis
 
+from adapters.alpaca import AlpacaBrokerage
 from core.states import OrderState
 from db.engine import Database
 from db.models import Fill
-from tasks import routing
-from tasks.alpaca import AlpacaBrokerage
+from strategy_client import routing
 from tasks.maintenance import LOCK_PREFIX, SLOT_PREFIX, exclusive
 from tests.fixtures.simulator import Simulator
 from tests.integration.test_reconcile import count, order_row, sent_order

@@ -19,8 +19,8 @@ from core.errors import InvalidSignal
 from core.states import TERMINAL_STATES, OrderState, is_valid_path
 from db.engine import Database
 from db.models import Order, OrderTransition
-from tasks import routing
-from tasks.client import SignalClient
+from strategy_client import routing
+from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import eventually

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from db.engine import Database
 from db.models import EventRecord, OrderTransition
-from tasks.client import SignalClient
+from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
 from tests.system.helpers import eventually, wait_terminal
 

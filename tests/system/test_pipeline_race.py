@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from db.engine import Database
 from db.models import Fill, Order, TickerOwnership
-from tasks.client import SignalClient
+from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import wait_terminal

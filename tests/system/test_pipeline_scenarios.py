@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from db.engine import Database
 from db.models import ConflictLog, EventRecord, Order, Position, TickerOwnership
-from tasks.client import SignalClient
+from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import order_by_coid, wait_terminal

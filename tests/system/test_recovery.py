@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 
 from db.engine import Database
 from db.models import EventRecord, Fill, Order, Position, ReviewItem, TickerOwnership
-from tasks.client import SignalClient
+from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import eventually, wait_terminal
@@ -290,7 +290,7 @@ def test_a_signal_lost_between_queue_and_worker_is_sent_again(
     import redis as redis_py
 
     from core.signals import Signal
-    from tasks.pending import PENDING_KEY
+    from strategy_client.pending import PENDING_KEY
 
     signal = Signal.parse(
         {

@@ -18,7 +18,7 @@ import pytest
 from arbiter.stack import Stack
 from core.settings import Settings
 from db.engine import Database
-from tasks.client import SignalClient
+from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import DEFAULT_OPTIONS, Simulator
 from tests.system.helpers import wait_terminal

@@ -1,5 +1,5 @@
-"""The event bus: the outbox published to Redis pub/sub, the relay and external producers
-(subscribers are in tasks/subscriber.py).
+"""The outbox published to Redis pub/sub, and the relay (subscribers are in
+strategy_client/subscriber.py, other processes' events in strategy_client/external_events.py).
 
 Every event is first a row of `events` (outbox and durable history in one), written in the
 transaction of the change it describes. After commit, `EventPublisher.after_commit` PUBLISHes
@@ -12,16 +12,13 @@ event id. In the history each event is stored exactly once (its id is unique).
 from __future__ import annotations
 
 import atexit
-import json
 import logging
-import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -29,18 +26,12 @@ from redis.retry import Retry
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.errors import InvalidInput
-from core.events import EXTERNAL_EVENT_TYPES, Event, EventType, channel_for
-from db.engine import Database, UnitOfWork
+from core.events import Event, channel_for
+from db.engine import Database
 from db.models import EventRecord
-from db.outbox import emit, record_to_event
-from tasks.crashpoints import crash_point
+from db.outbox import record_to_event
 
 log = logging.getLogger(__name__)
-
-MAX_EXTERNAL_PAYLOAD_BYTES = 64 * 1024
-MAX_PAYLOAD_DEPTH = 32
-MAX_SOURCE_LENGTH = 64
 
 # Marks what after_commit published. Rows a relay holds are skipped, not waited for: the
 # relay publishes and marks them itself (a duplicate on pub/sub, which is allowed).
@@ -87,10 +78,13 @@ class EventPublisher:
         socket_timeout_s: float = 1.0,
         pause_after_failure_s: float = 1.0,
         mark_interval_s: float = 0.2,
+        before_publish: Callable[[], None] = lambda: None,
     ) -> None:
         self.redis_url = redis_url
         self.channel_prefix = channel_prefix
         self.database = database
+        # A fault test's crash point between commit and publish.
+        self.before_publish = before_publish
         self._connect_timeout_s = connect_timeout_s
         self._socket_timeout_s = socket_timeout_s
         self._pause_after_failure_s = pause_after_failure_s
@@ -134,7 +128,7 @@ class EventPublisher:
         """Publish, then mark published. Never raises for Redis or Postgres trouble: what is
         left unmarked is the relay's. After a failure, skips Redis for a moment so that a dead
         Redis costs a worker one connect timeout per pause, not one per commit."""
-        crash_point("after_commit_before_publish")
+        self.before_publish()
         if not events:
             return
         if time.monotonic() < self._paused_until:
@@ -251,122 +245,3 @@ def relay_unpublished(
         total += len(records)
         if len(records) < batch:
             return total
-
-
-# --- external producers -------------------------------------------------------------------
-
-
-def parse_event_type(value: EventType | str) -> EventType:
-    """`order_filled`, `ORDER_FILLED` or the enum member; InvalidInput names the allowed ones."""
-    if isinstance(value, EventType):
-        return value
-    name = str(value).strip().lower()
-    try:
-        return EventType(name)
-    except ValueError:
-        allowed = ", ".join(sorted(member.value for member in EventType))
-        raise InvalidInput(f"unknown event type {value!r}; known types: {allowed}") from None
-
-
-def external_event_type(value: EventType | str) -> EventType:
-    """The type an external producer may publish, or InvalidInput listing those allowed."""
-    allowed = ", ".join(sorted(member.value for member in EXTERNAL_EVENT_TYPES))
-    try:
-        event_type = parse_event_type(value)
-    except InvalidInput:
-        raise InvalidInput(
-            f"unknown event type {value!r}; other processes may publish: {allowed}"
-        ) from None
-    if event_type not in EXTERNAL_EVENT_TYPES:
-        raise InvalidInput(
-            f"{event_type.value} is published by Arbiter itself; other processes "
-            f"may publish: {allowed}"
-        )
-    return event_type
-
-
-def _check_json(value: Any, path: str, depth: int = 0) -> None:
-    if depth > MAX_PAYLOAD_DEPTH:
-        raise InvalidInput(f"payload nests deeper than {MAX_PAYLOAD_DEPTH} levels at {path}")
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInput(f"payload{path} is {value}, which JSON cannot carry")
-        return
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput(f"payload{path} contains a NUL character")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidInput(f"payload{path} has a non-string key {key!r}")
-            _check_json(key, f"{path} key", depth + 1)
-            _check_json(item, f"{path}.{key}", depth + 1)
-        return
-    raise InvalidInput(f"payload{path} is a {type(value).__name__}, not a JSON value")
-
-
-def validate_external(
-    type_: EventType | str,
-    *,
-    source: Any,
-    payload: Any,
-    strategy: Any = None,
-    ticker: Any = None,
-    order_id: Any = None,
-) -> Event:
-    """The envelope an external producer asked for, or InvalidInput saying what is wrong."""
-    event_type = external_event_type(type_)
-    if not isinstance(source, str) or not source.strip():
-        raise InvalidInput("source must be a non-empty string naming the publisher")
-    if len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
-        raise InvalidInput(f"source must be at most {MAX_SOURCE_LENGTH} printable characters")
-    if not isinstance(payload, Mapping):
-        raise InvalidInput(f"payload must be a JSON object, not {type(payload).__name__}")
-    _check_json(payload, "")
-    size = len(json.dumps(payload, separators=(",", ":")).encode())
-    if size > MAX_EXTERNAL_PAYLOAD_BYTES:
-        raise InvalidInput(f"payload is {size} bytes; at most {MAX_EXTERNAL_PAYLOAD_BYTES} allowed")
-    for field, value, longest in (("strategy", strategy, 64), ("ticker", ticker, 16)):
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= longest):
-            raise InvalidInput(f"{field} must be a string of 1 to {longest} characters")
-    if order_id is not None and (
-        isinstance(order_id, bool) or not isinstance(order_id, int) or order_id <= 0
-    ):
-        raise InvalidInput("order_id must be a positive integer")
-    return Event(
-        type=event_type,
-        source=source.strip(),
-        payload=dict(payload),
-        strategy=strategy,
-        ticker=ticker,
-        order_id=order_id,
-    )
-
-
-def publish_external(
-    database: Database,
-    publisher: EventPublisher,
-    type: EventType | str,
-    *,
-    source: str,
-    payload: Mapping[str, Any],
-    strategy: str | None = None,
-    ticker: str | None = None,
-    order_id: int | None = None,
-) -> Event:
-    """Store an event from another process in the history (its own transaction), then
-    publish it. Refusals raise InvalidInput and store nothing."""
-    event = validate_external(
-        type, source=source, payload=payload, strategy=strategy, ticker=ticker, order_id=order_id
-    )
-    with UnitOfWork(database.sessions, publisher.after_commit_for(database)) as uow:
-        emit(uow.session, event)
-        uow.commit()
-    return event

@@ -1,6 +1,6 @@
 """The client API for strategy processes: needs only the Redis URL.
 
-    from tasks.client import submit_signal
+    from strategy_client.client import submit_signal
     coid = submit_signal("long_term", "AAPL", "buy", 10, signal_id="lt-2026-11-22-aapl")
 
 The shape is checked here (InvalidSignal names the field; nothing is enqueued), then the
@@ -17,10 +17,9 @@ from decimal import Decimal
 import redis
 from celery import Celery
 
-from core.settings import get_settings
+from core.settings import DEFAULT_REDIS_URL, get_settings
 from core.signals import Signal
-from tasks import pending, routing
-from tasks.app import DEFAULT_REDIS_URL
+from strategy_client import pending, routing
 
 
 class SignalClient:
@@ -61,7 +60,8 @@ class SignalClient:
             }
         )
         message = signal.to_message()
-        pending.remember(self.redis, signal.client_order_id, message)  # see tasks/pending.py
+        # The safety copy that the stalled sweep resends if the message is lost (pending.py).
+        pending.remember(self.redis, signal.client_order_id, message)
         self.enqueue(message)
         return signal.client_order_id
 

@@ -47,7 +47,7 @@ def settle(session: Session, order: Order, report: BrokerOrder, *, actor: str) -
     target = report.state
 
     # From ORDER_PENDING the brokerage's acceptance comes first.
-    if current is S.ORDER_PENDING and target in (S.PARTIAL_FILLED, S.FULLY_FILLED):
+    if current is S.ORDER_PENDING and target in (S.ORDER_SENT, S.PARTIAL_FILLED, S.FULLY_FILLED):
         manager.transition(order, S.ORDER_SENT, reason="accepted by the brokerage", actor=actor)
         result.transitions.append(S.ORDER_SENT.value)
         current = S.ORDER_SENT

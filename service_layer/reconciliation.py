@@ -1,9 +1,10 @@
 """Reconciliation of open orders with the brokerage (the source of truth).
 
 A service on a Database and a Brokerage, no Celery: the beat task, the startup recovery and the
-`arbiter reconcile` command call it. Every brokerage report goes through `db.settlement.settle`,
-so a fill is booked exactly once whoever sees it first. Each order is settled in its own short
-transaction, so a crash in the middle of a pass loses nothing already settled.
+`arbiter reconcile` command call it. Every brokerage report goes through
+`service_layer.settlement.settle`, so a fill is booked exactly once whoever sees it first.
+Each order is settled in its own short transaction, so a crash in the middle of a pass loses
+nothing already settled.
 
 Batching: one `list_open_orders()` (the adapter pages it) answers for every open order; the
 orders not open there are looked up one by one when they are few, else with one
@@ -35,7 +36,7 @@ from db.models import (
 )
 from db.order_manager import OrderManager
 from db.outbox import emit
-from db.settlement import release_unfilled_claim, settle
+from service_layer.settlement import release_unfilled_claim, settle
 
 log = logging.getLogger(__name__)
 S = OrderState

@@ -23,7 +23,7 @@ from db.models import (
 from db.order_manager import OrderManager
 from db.outbox import emit
 from db.ownership import lock_ticker, release_if_unused
-from db.reconcile import reconcile_open_orders
+from service_layer.reconciliation import reconcile_open_orders
 
 log = logging.getLogger(__name__)
 S = OrderState

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import InvalidInput
-from core.events import Event, EventType, channel_for
+from core.events import Event, EventType, channel_for, parse_event_type
 from db.engine import Database
 from db.event_history import list_events, max_seq, seq_of
 from db.outbox import record_to_event
-from tasks.events import parse_event_type, redis_pool
+from db.publisher import redis_pool
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ TASK_ROUTES = {
     VALIDATE: {"queue": SIGNALS_QUEUE},
     CHECK_CONFLICT: {"queue": SIGNALS_QUEUE},
     SUBMIT: {"queue": ORDERS_QUEUE},
-    "arbiter.maintenance.*": {"queue": MAINTENANCE_QUEUE},
     RECONCILE_ORDERS: {"queue": MAINTENANCE_QUEUE},
     RECOVER_STALLED: {"queue": MAINTENANCE_QUEUE},
     RECONCILE_POSITIONS: {"queue": MAINTENANCE_QUEUE},

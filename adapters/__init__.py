@@ -1,0 +1,1 @@
+"""Adapters that implement core's ports over outside services (the brokerage over alpaca-py)."""

@@ -1,0 +1,41 @@
+"""The kill switch, kept in Postgres (the source of truth) as a system flag."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.events import Event, EventType
+from db.models import SystemFlag
+from db.outbox import emit
+
+KILL_SWITCH = "kill_switch"
+
+
+def kill_switch(session: Session) -> dict[str, Any]:
+    flag = session.get(SystemFlag, KILL_SWITCH)
+    return flag.value if flag is not None else {"on": False}
+
+
+def kill_switch_on(session: Session) -> bool:
+    return bool(kill_switch(session).get("on"))
+
+
+def set_kill_switch(session: Session, on: bool, reason: str, actor: str) -> None:
+    value = {"on": on, "reason": reason, "by": actor, "at": datetime.now(UTC).isoformat()}
+    session.execute(
+        insert(SystemFlag)
+        .values(key=KILL_SWITCH, value=value)
+        .on_conflict_do_update(index_elements=["key"], set_={"value": value})
+    )
+    emit(
+        session,
+        Event(
+            type=EventType.KILL_SWITCH_ACTIVATED if on else EventType.KILL_SWITCH_DEACTIVATED,
+            source=actor,
+            payload={"reason": reason},
+        ),
+    )

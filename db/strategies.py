@@ -1,0 +1,76 @@
+"""Strategies: look-ups, creation, and (de)activation (which releases ownership locks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidInput
+from core.events import Event, EventType
+from core.signals import STRATEGY_PATTERN
+from core.strategies import Horizon
+from db.models import Strategy
+from db.outbox import emit
+from db.ownership import release_for_strategy
+
+
+def strategy_by_name(session: Session, name: str) -> Strategy | None:
+    return session.scalar(select(Strategy).where(Strategy.name == name))
+
+
+def require_strategy(session: Session, name: str) -> Strategy:
+    strategy = strategy_by_name(session, name)
+    if strategy is None:
+        raise InvalidInput(f"unknown strategy {name!r}")
+    return strategy
+
+
+def list_strategies(session: Session) -> list[Strategy]:
+    return list(session.scalars(select(Strategy).order_by(Strategy.priority.desc(), Strategy.name)))
+
+
+def add_strategy(
+    session: Session,
+    name: str,
+    priority: int,
+    horizon: str,
+    display_name: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> Strategy:
+    if not STRATEGY_PATTERN.match(name):
+        raise InvalidInput(f"strategy name {name!r}: use lowercase letters, digits and _")
+    if horizon not in {h.value for h in Horizon}:
+        raise InvalidInput(f"horizon {horizon!r}: use short, medium or long")
+    if strategy_by_name(session, name) is not None:
+        raise InvalidInput(f"strategy {name!r} already exists")
+    strategy = Strategy(
+        name=name,
+        display_name=display_name or name.replace("_", " ").title(),
+        priority=priority,
+        horizon=horizon,
+        config=config or {},
+    )
+    session.add(strategy)
+    session.flush()
+    return strategy
+
+
+def set_active(session: Session, name: str, active: bool, reason: str) -> Strategy:
+    """(De)activate; deactivating releases the strategy's ownership locks."""
+    strategy = require_strategy(session, name)
+    if strategy.active == active:
+        return strategy
+    strategy.active = active
+    released = [] if active else release_for_strategy(session, strategy, f"{name} deactivated")
+    emit(
+        session,
+        Event(
+            type=EventType.STRATEGY_ACTIVATED if active else EventType.STRATEGY_DEACTIVATED,
+            strategy=name,
+            payload={"reason": reason, "released_tickers": released},
+        ),
+    )
+    session.flush()
+    return strategy

@@ -1,0 +1,55 @@
+"""Validation: the pre-trade risk rules of core/risk.py applied to one order
+(SIGNAL_RECEIVED -> VALIDATING, or REJECTED with the first failed rule's reason)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from core.events import EventType
+from core.risk import OrderFacts, RiskContext, RiskLimits, evaluate, first_failure
+from core.states import OrderState
+from db.models import Strategy
+from db.order_manager import OrderManager, order_event
+from db.risk_counts import risk_snapshot
+
+S = OrderState
+
+
+def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: str) -> int:
+    manager = OrderManager(session)
+    order = manager.lock(order_id)
+    if order.state != S.SIGNAL_RECEIVED.value:
+        return order.id
+    assert order.ticker is not None and order.quantity is not None
+    strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
+    facts = OrderFacts(order.ticker, order.quantity, order.limit_price)
+    world = risk_snapshot(session, order)
+    context = RiskContext(
+        strategy_active=bool(strategy and strategy.active),
+        kill_switch_on=world.kill_switch_on,
+        open_orders=world.open_orders,
+        signals_last_minute=world.signals_last_minute,
+        reference_price=order.limit_price or world.last_price,
+    )
+    limits = defaults.overridden_by(strategy.config if strategy else {})
+    verdicts = evaluate(facts, limits, context)
+    manager.merge_metadata(
+        order,
+        validation=[{"rule": v.rule, "passed": v.passed} for v in verdicts],
+        reference_price=str(context.reference_price) if context.reference_price else None,
+    )
+    failed = first_failure(verdicts)
+    if failed is None:
+        manager.transition(order, S.VALIDATING, reason="risk checks passed", actor=actor)
+        return order.id
+    extra = []
+    if failed.limit_exceeded:
+        extra.append(
+            order_event(
+                order, EventType.RISK_LIMIT_EXCEEDED, rule=failed.rule, reason=failed.reason
+            )
+        )
+    manager.transition(
+        order, S.REJECTED, reason=f"{failed.rule}: {failed.reason}", actor=actor, events=extra
+    )
+    return order.id
