@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: str | None = None
 
+    # The web API and dashboard (`arbiter web`). Loopback unless told otherwise.
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=1, le=65535)
+    web_cors_origins: list[str] = Field(default_factory=list)  # none: no CORS at all
+    web_secure_cookies: bool = False  # set behind HTTPS: the session cookie gets `Secure`
+    web_session_hours: float = Field(default=12.0, gt=0)
+
     @model_validator(mode="after")
     def _no_dev_keys_off_loopback(self) -> Settings:
         host = urlparse(self.brokerage_url).hostname or ""

@@ -18,7 +18,9 @@ from arbiter.commands import (
     review,
     strategies,
     submit,
+    tokens,
     up,
+    web,
 )
 
 # Written by others; mounted when present.
@@ -38,6 +40,8 @@ def register(root: typer.Typer) -> None:
     root.command("reconcile")(reconcile.reconcile)
     root.add_typer(kill_switch.app, name="kill-switch")
     root.add_typer(review.app, name="review")
+    root.add_typer(tokens.app, name="tokens")
+    root.command("web")(web.web)
     for module_name, name in OPTIONAL_APPS:
         try:
             module = importlib.import_module(module_name)
