@@ -161,7 +161,7 @@ def _read(rt: Any, ticker: str | None, strategy: str | None, resolution: str | N
             "filters": {"ticker": ticker or "", "strategy": strategy or "",
                         "resolution": resolution or ""},
             "totals": dict(session.execute(select(ConflictLog.resolution, func.count())
-                                           .group_by(ConflictLog.resolution)).tuples()),
+                                           .group_by(ConflictLog.resolution)).tuples().all()),
         }  # fmt: skip
     return context
 

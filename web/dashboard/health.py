@@ -75,7 +75,7 @@ class BrokerageProbe:
                                datetime.now(UTC))  # fmt: skip
             except (ArbiterError, OSError) as exc:
                 info = {}
-                result = Check("Brokerage", False, f"unreachable: {exc}"[:160], datetime.now(UTC))
+                result = Check("Brokerage", False, _short(exc), datetime.now(UTC))
             self._last = (time.monotonic(), result, info)
             return result, info
 
@@ -131,3 +131,9 @@ def outbox_backlog(session: Session) -> int:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _short(exc: Exception) -> str:
+    """One readable line: the first clause of the error, not a wall of urllib3 text."""
+    text = str(exc).split(": HTTPConnectionPool", 1)[0].split("(Caused by", 1)[0]
+    return f"unreachable: {text}"[:120]

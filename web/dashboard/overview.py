@@ -30,7 +30,7 @@ def db_now(session: Session) -> datetime:
 
 
 def orders_by_state(session: Session) -> list[tuple[str, int]]:
-    counts = dict(session.execute(select(Order.state, func.count()).group_by(Order.state)).tuples())
+    counts = dict(session.execute(select(Order.state, func.count()).group_by(Order.state)).tuples().all())
     return [(state.value, int(counts.get(state.value, 0))) for state in OrderState]
 
 
@@ -41,7 +41,7 @@ def signals_per_minute(session: Session, now: datetime) -> list[tuple[datetime, 
     rows = dict(
         session.execute(
             select(minute, func.count()).where(Order.created_at >= start).group_by(minute)
-        ).tuples()
+        ).tuples().all()
     )
     return [(start + timedelta(minutes=i), int(rows.get(start + timedelta(minutes=i), 0)))
             for i in range(SPARK_MINUTES)]  # fmt: skip

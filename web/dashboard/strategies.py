@@ -30,7 +30,7 @@ def _read(rt: Any) -> dict[str, Any]:
                 select(TickerOwnership.strategy_id, func.count())
                 .where(TickerOwnership.released_at.is_(None))
                 .group_by(TickerOwnership.strategy_id)
-            ).tuples()
+            ).tuples().all()
         )
         latest = (
             select(func.max(Order.created_at))
