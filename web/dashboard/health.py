@@ -7,7 +7,6 @@ must not make every page slow); the answer shown says when it was read.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ from sqlalchemy.orm import Session
 from core.errors import ArbiterError
 from db.models import EventRecord
 from strategy_client import routing
+from tasks.metrics import RECONCILE_KEY
 
 QUEUES = (routing.SIGNALS_QUEUE, routing.ORDERS_QUEUE, routing.MAINTENANCE_QUEUE)
 # Kombu's Redis transport keeps one list per priority step: "q", "q\x06\x163", ...
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-LAST_RUN_KEY = "arbiter:maintenance:last-run:{}"
 BROKERAGE_CHECK_EVERY_S = 5.0
 
 
@@ -100,23 +99,28 @@ def queue_depths(client: redis.Redis) -> dict[str, int | None]:
     return depths
 
 
-def last_runs(client: redis.Redis) -> dict[str, dict[str, Any] | None]:
-    """The last finished pass of the beat tasks that say when they ran."""
-    names = (routing.RECONCILE_ORDERS, routing.RECONCILE_POSITIONS, routing.RELAY_EVENTS)
-    runs: dict[str, dict[str, Any] | None] = {}
+def last_reconciliation(client: redis.Redis) -> dict[str, Any] | None:
+    """The worker's record of reconciliation passes (tasks.metrics): when the last open-order
+    pass finished, how long it took, and the running counts."""
     try:
-        values = client.mget([LAST_RUN_KEY.format(n) for n in names])
+        raw = client.hgetall(RECONCILE_KEY)
     except redis.RedisError:
-        return dict.fromkeys(names)
-    for name, raw in zip(names, values, strict=True):
-        try:
-            run = json.loads(raw) if raw else None
-            if run is not None:
-                run["finished_at"] = datetime.fromisoformat(run["finished_at"])
-        except (ValueError, KeyError, TypeError):
-            run = None
-        runs[name] = run
-    return runs
+        return None
+    values = {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+    if "last_finished_at" not in values:
+        return None
+    try:
+        return {
+            "finished_at": datetime.fromtimestamp(float(values["last_finished_at"]), UTC),
+            "duration_ms": float(values.get("last_duration_s", 0)) * 1000,
+            "passes": int(values.get("passes", 0)),
+            "position_passes": int(values.get("position_passes", 0)),
+            "position_mismatches": int(values.get("position_mismatches", 0)),
+            "flagged": int(values.get("flagged", 0)),
+            "fills_applied": int(values.get("fills_applied", 0)),
+        }
+    except ValueError:
+        return None
 
 
 def outbox_backlog(session: Session) -> int:

@@ -4,7 +4,6 @@ Cancel is offered only where the state allows it, through the API's cancel route
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -28,22 +27,13 @@ CANCELLABLE = frozenset({"SIGNAL_RECEIVED", "VALIDATING", "ORDER_PENDING", "ORDE
 
 
 def cancel_path(request: Request) -> str | None:
-    """The API's cancel route for an order (`{id}` to fill in), once per-order cancel exists."""
-    if not hasattr(_cancellation(), "cancel_order"):
-        return None
+    """The API's cancel route for an order (`{id}` to fill in)."""
     for route in request.app.routes:
         path = getattr(route, "path", "")
         if (isinstance(route, APIRoute) and path.startswith("/api/v1/orders/{")
                 and path.endswith("}/cancel") and "POST" in route.methods):  # fmt: skip
             return path.split("{", 1)[0] + "{id}/cancel"
     return None
-
-
-def _cancellation() -> object | None:
-    try:
-        return importlib.import_module("service_layer.cancellation")
-    except ImportError:
-        return None
 
 
 def _list(rt: Any, state: str | None, strategy: str | None, ticker: str | None, review: bool,

@@ -85,7 +85,7 @@ def _read(rt: Any) -> dict[str, Any]:
     context["redis"] = health.redis_check(rt.redis)
     context["queues"] = health.queue_depths(rt.redis)
     context["queues_as_of"] = health.now()
-    context["runs"] = health.last_runs(rt.redis)
+    context["reconciliation"] = health.last_reconciliation(rt.redis)
     context["brokerage"], context["account"] = health.PROBE.check(rt.brokerage)
     return context
 
