@@ -8,6 +8,7 @@ skip, saying why, only when those binaries are absent.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -138,16 +139,26 @@ def browser(chrome_binaries: tuple[str, str]) -> Iterator[Any]:
         driver.quit()
 
 
+def phone(driver: Any, width: int = PHONE[0], height: int = PHONE[1]) -> None:
+    """A phone-sized viewport. Headless Chromium keeps windows at least 500 px wide, so the
+    width is set by device emulation (as DevTools' device toolbar does), not window size."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": height, "deviceScaleFactor": 1, "mobile": True})  # fmt: skip
+
+
 def screenshot(driver: Any, name: str, full_page: bool = True) -> Path:
-    """Save docs/screenshots/NAME.png (the whole page, at the current width)."""
+    """Save docs/screenshots/NAME.png: the whole page at the current width (through the
+    DevTools protocol, which captures beyond the viewport), or just what is on screen."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    size = driver.get_window_size()
-    if full_page:
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(size["width"], min(max(height, 600), 4000))
-        time.sleep(0.3)
-    driver.save_screenshot(str(path))
-    if full_page:
-        driver.set_window_size(size["width"], size["height"])
+    if not full_page:
+        driver.save_screenshot(str(path))
+        return path
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 5000),
+                 "scale": 1},
+    })  # fmt: skip
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path

@@ -20,7 +20,7 @@ from db.engine import Database
 from db.models import ConflictLog, EventRecord, ReviewItem
 from db.order_manager import OrderManager
 from strategy_client.client import SignalClient
-from tests.browser.conftest import DESKTOP, PHONE, WebServer, screenshot
+from tests.browser.conftest import WebServer, phone, screenshot
 from tests.system.helpers import order_by_coid, wait_terminal
 
 pytestmark = [pytest.mark.system, pytest.mark.browser]
@@ -151,7 +151,7 @@ def test_resolving_a_review_item_on_a_phone(
             actor="test")  # fmt: skip
         uow.commit()
 
-    browser.set_window_size(*PHONE)
+    phone(browser)
     sign_in(browser, stack, admin_token, "/review")
     item = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".review-item"))[0]
     item_id = item.get_attribute("data-review-id")
@@ -172,7 +172,8 @@ def test_resolving_a_review_item_on_a_phone(
 
 def no_sideways_scroll(driver: WebDriver) -> bool:
     return bool(driver.execute_script(
-        "return document.documentElement.scrollWidth <= window.innerWidth")
+        "return window.innerWidth === 375"
+        " && document.documentElement.scrollWidth <= document.documentElement.clientWidth")
     )  # fmt: skip
 
 
@@ -185,7 +186,7 @@ def test_every_page_fits_a_375px_screen(
     coids = [client.submit_signal("trading", "NVDA", "sell", 10, signal_id="tr-nvda"),
              client.submit_signal("long_term", "TSLA", "buy", 100, signal_id="lt-tsla")]  # fmt: skip
     (first, _) = wait_terminal(db, coids)
-    browser.set_window_size(*PHONE)
+    phone(browser)
     sign_in(browser, stack, admin_token)
     for path in ("/", "/ownership", "/ownership/NVDA", "/conflicts", "/orders",
                  f"/orders/{first.id}", "/positions", "/review", "/strategies", "/events"):

@@ -74,7 +74,8 @@ class BrokerageProbe:
                                datetime.now(UTC))  # fmt: skip
             except (ArbiterError, OSError) as exc:
                 info = {}
-                result = Check("Brokerage", False, _short(exc), datetime.now(UTC))
+                result = Check("Brokerage", False, f"unreachable: {short_error(exc)}",
+                               datetime.now(UTC))  # fmt: skip
             self._last = (time.monotonic(), result, info)
             return result, info
 
@@ -137,7 +138,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _short(exc: Exception) -> str:
+def short_error(exc: Exception) -> str:
     """One readable line: the first clause of the error, not a wall of urllib3 text."""
     text = str(exc).split(": HTTPConnectionPool", 1)[0].split("(Caused by", 1)[0]
-    return f"unreachable: {text}"[:120]
+    return text.strip()[:120]

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import ArbiterError
 from db.models import Position, Strategy
 from web.auth import Principal
+from web.dashboard.health import short_error
 from web.dashboard.overview import db_now
 from web.dashboard.render import render, viewer
 
@@ -86,7 +87,7 @@ def _read(rt: Any) -> dict[str, Any]:
         for bp in rt.brokerage.list_positions():
             held[bp.symbol] = bp.quantity
     except (ArbiterError, OSError) as exc:
-        broker_error = str(exc)[:200]
+        broker_error = short_error(exc)
     attributed: dict[str, Decimal] = defaultdict(Decimal)
     for line in lines:
         attributed[line.ticker] += line.quantity
