@@ -268,7 +268,7 @@ def test_a_double_clicked_cancel_is_sent_once(
     button = wait(browser).until(ec.element_to_be_clickable((By.CSS_SELECTOR, '[data-testid="cancel-order"]')))
     ActionChains(browser).double_click(button).perform()
     dialog = wait(browser).until(ec.visibility_of_element_located((By.ID, "confirm")))
-    assert "Cancel order" in dialog.text
+    assert "Cancel order" in dialog.text, dialog.text
     screenshot(browser, "cancel-confirm", full_page=False)
     ok = dialog.find_element(By.CSS_SELECTOR, ".confirm-ok")
     ActionChains(browser).double_click(ok).perform()

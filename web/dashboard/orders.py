@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from fastapi.routing import APIRoute
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -27,11 +26,11 @@ CANCELLABLE = frozenset({"SIGNAL_RECEIVED", "VALIDATING", "ORDER_PENDING", "ORDE
 
 
 def cancel_path(request: Request) -> str | None:
-    """The API's cancel route for an order (`{id}` to fill in)."""
-    for route in request.app.routes:
-        path = getattr(route, "path", "")
-        if (isinstance(route, APIRoute) and path.startswith("/api/v1/orders/{")
-                and path.endswith("}/cancel") and "POST" in route.methods):  # fmt: skip
+    """The API's cancel route for an order (`{id}` to fill in), from its OpenAPI schema
+    (built once, then cached by FastAPI)."""
+    for path, methods in request.app.openapi().get("paths", {}).items():
+        if (path.startswith("/api/v1/orders/{") and path.endswith("}/cancel")
+                and "post" in methods):  # fmt: skip
             return path.split("{", 1)[0] + "{id}/cancel"
     return None
 
