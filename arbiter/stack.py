@@ -177,6 +177,15 @@ class Stack:
             env, self.log_dir / "worker.log", log_ready("ready."), cwd=self.data_dir,
             detail=f"queues {QUEUES}, concurrency 2",
         ))  # fmt: skip
+        # Alerts on a worker of their own: a slow or dead target never holds up a signal.
+        self.supervisor.start(Child(
+            "notifier",
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-l", "INFO",
+             "-c", "1", "-Q", "notifications", "-n", f"notifier-{os.getpid()}@%h",
+             "--without-gossip", "--without-mingle"],
+            env, self.log_dir / "notifier.log", log_ready("ready."), cwd=self.data_dir,
+            detail="queue notifications, concurrency 1",
+        ))  # fmt: skip
         self.supervisor.start(Child(
             "beat",
             [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "INFO",

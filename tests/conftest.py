@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.simulator",
     "tests.fixtures.processes",
+    "tests.fixtures.receiver",
 ]
