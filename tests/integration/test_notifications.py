@@ -194,7 +194,9 @@ def test_env_urls_give_default_rules_until_an_operator_adds_one(
     result = _dispatch(db, [receiver.url])
     assert len(result.new) == 1  # the kill switch, not the fill
     _deliver_all(db, result.new)
-    assert receiver.bodies() == ["The kill switch is ON: no new orders are accepted.\nReason: drill 2"]
+    assert receiver.bodies() == [
+        "The kill switch is ON: no new orders are accepted.\nReason: drill 2"
+    ]
 
     operator_rule = _rule(db, ["order_filled"], receiver.url)
     with db.sessions() as session:

@@ -38,9 +38,8 @@ def _blocked(**payload: object) -> Event:
 
 
 def test_a_blocked_sell_reads_as_the_trader_would_say_it() -> None:
-    message = describe(
-        _blocked(), {"side": "sell", "quantity": "10", "owner_locked_until": "2027-02-27T10:00:00+00:00"}
-    )
+    lock = "2027-02-27T10:00:00+00:00"
+    message = describe(_blocked(), {"side": "sell", "quantity": "10", "owner_locked_until": lock})
     assert message.body.startswith(
         "trading's sell of 10 NVDA was blocked: long_term (priority 100) owns NVDA, "
         "locked until 2027-02-27 10:00 UTC."
