@@ -55,5 +55,6 @@ _TYPES = {
 
 
 def _last_line(text: str) -> str:
+    """Apprise's last complaint, without the time and level its log format puts first."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+    return lines[-1].rsplit(" - ", 1)[-1][:300] if lines else ""

@@ -181,6 +181,8 @@ def _charts(report: dict[str, Any]) -> list[tuple[str, str]]:
                 [datetime.fromisoformat(p["at"]) for p in points],  # type: ignore[arg-type]
                 [float(p["realised"]) for p in points],
                 where="post",
+                marker="o",
+                markersize=3,
                 label=name,
             )
         axes.set_ylabel("realised P&L")

@@ -23,7 +23,7 @@ DAILY_REPORT_KEY = "arbiter:daily-report:"
 
 def _sending_after_s() -> float:
     """A `sending` delivery older than this was left by a dead attempt."""
-    return runtime().settings.notify_timeout_s * 3 + 30
+    return runtime().settings.notify_timeout_s * 3 + 5
 
 
 @shared_task(name=routing.NOTIFY_DISPATCH)

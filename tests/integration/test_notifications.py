@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from adapters.notifier import AppriseNotifier
+from arbiter.report_render import to_html, to_markdown
 from core.brokerage import BrokerOrder, Side
 from core.errors import NotificationFailed
 from core.events import Event, EventType
@@ -272,3 +273,8 @@ def test_the_report_matches_the_database(db: Database) -> None:
     assert point["realised"] == "500.00"
     fills = {r["strategy"]: r for r in report["fills_by_strategy"]}
     assert fills["long_term"]["fills"] == 3 and fills["trading"]["fills"] == 1
+
+    page = to_html(report)
+    assert page.count("<svg") == 3  # conflicts, contested tickers, realised P&L over time
+    assert "long_term" in page and "<script" not in page
+    assert "| trading | 1 | 0 | 0 | 1 |" in to_markdown(report)
