@@ -4,12 +4,15 @@ the position (average cost) and cash, plus the read side of fills and positions.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from brokersim.ledger import apply_to_position, fmt_dec, fmt_ts, round_price
+from brokersim.records import StoredFill, StoredPosition, fill_from_row
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def book(db: sqlite3.Connection, ex: Execution) -> tuple[str, Decimal]:
     return fill_id, new_qty
 
 
-def fill_filters(
+def _fill_filters(
     *,
     order_id: str | None,
     after_seq: int | None,
@@ -101,3 +104,68 @@ def fill_filters(
         where.append("transaction_time < ?")
         args.append(until)
     return where, args
+
+
+class LedgerReads:
+    """The read side of fills, positions and account values (mixed into the Store)."""
+
+    _lock: threading.RLock
+    _conn: sqlite3.Connection
+
+    def _select(
+        self,
+        table: str,
+        where: list[str],
+        args: list[Any],
+        order_by: str,
+        ascending: bool,
+        limit: int | None,
+    ) -> list[sqlite3.Row]:
+        """The rows of `table` matching every condition, in order, at most `limit`."""
+        sql = f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY {order_by} "
+        sql += "ASC" if ascending else "DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def fills(
+        self,
+        *,
+        order_id: str | None = None,
+        after_seq: int | None = None,
+        ascending: bool = True,
+        limit: int | None = None,
+        include_adjustments: bool = True,
+        after: str | None = None,
+        until: str | None = None,
+    ) -> list[StoredFill]:
+        where, args = _fill_filters(
+            order_id=order_id,
+            after_seq=after_seq,
+            ascending=ascending,
+            include_adjustments=include_adjustments,
+            after=after,
+            until=until,
+        )
+        rows = self._select("fills", where, args, "seq", ascending, limit)
+        return [fill_from_row(row) for row in rows]
+
+    def fill_seq(self, fill_id: str) -> int | None:
+        with self._lock:
+            row = self._conn.execute("SELECT seq FROM fills WHERE id = ?", (fill_id,)).fetchone()
+        return None if row is None else int(row["seq"])
+
+    def positions(self) -> list[StoredPosition]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM positions ORDER BY symbol").fetchall()
+        return [
+            StoredPosition(row["symbol"], Decimal(row["qty"]), Decimal(row["avg_entry_price"]))
+            for row in rows
+        ]
+
+    def meta(self, key: str) -> str:
+        with self._lock:
+            return str(
+                self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+            )

@@ -19,18 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from brokersim import contingent
-from brokersim.fillbook import Execution, book, execution_id, fill_filters
+from brokersim.fillbook import Execution, LedgerReads, book, execution_id
 from brokersim.ledger import OPEN_STATUSES, fmt_ts, round_price
 from brokersim.records import (
     ADDED_COLUMNS,
     INDEXES,
     ORDER_COLUMNS,
     SCHEMA,
-    StoredFill,
     StoredOrder,
-    StoredPosition,
     Update,
-    fill_from_row,
     order_from_row,
     order_to_row,
 )
@@ -43,7 +40,7 @@ class DuplicateOrder(Exception):
     """An order with this client_order_id already exists."""
 
 
-class Store:
+class Store(LedgerReads):
     """All reads and writes, serialised by one re-entrant lock (SQLite allows one writer anyway)."""
 
     def __init__(self, data_dir: Path, initial_cash: Decimal) -> None:
@@ -181,8 +178,11 @@ class Store:
         if not everything:
             sql += " AND expires_at <= ?"
             args.append(now)
+        with self._lock:
+            due = [order_from_row(row) for row in self._conn.execute(sql, args).fetchall()]
+            if not due:
+                return 0  # the common tick: no write transaction at all
         with self.transaction() as db:
-            due = [order_from_row(row) for row in db.execute(sql, args).fetchall()]
             for order in due:
                 current = self.get_order(order.id)
                 if current is not None and current.is_open:
@@ -274,23 +274,6 @@ class Store:
         rows = self._select("orders", where, args, "submitted_at", ascending, limit)
         return [order_from_row(row) for row in rows]
 
-    def _select(
-        self,
-        table: str,
-        where: list[str],
-        args: list[Any],
-        order_by: str,
-        ascending: bool,
-        limit: int | None,
-    ) -> list[sqlite3.Row]:
-        """The rows of `table` matching every condition, in order, at most `limit`."""
-        sql = f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY {order_by} "
-        sql += "ASC" if ascending else "DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
-
     def due_orders(self, now: float) -> list[StoredOrder]:
         with self._lock:
             rows = self._conn.execute(
@@ -375,51 +358,3 @@ class Store:
                 ),
             )
             return fill_id
-
-    def fills(
-        self,
-        *,
-        order_id: str | None = None,
-        after_seq: int | None = None,
-        ascending: bool = True,
-        limit: int | None = None,
-        include_adjustments: bool = True,
-        after: str | None = None,
-        until: str | None = None,
-    ) -> list[StoredFill]:
-        where, args = fill_filters(
-            order_id=order_id,
-            after_seq=after_seq,
-            ascending=ascending,
-            include_adjustments=include_adjustments,
-            after=after,
-            until=until,
-        )
-        rows = self._select("fills", where, args, "seq", ascending, limit)
-        return [fill_from_row(row) for row in rows]
-
-    def fill_seq(self, fill_id: str) -> int | None:
-        with self._lock:
-            row = self._conn.execute("SELECT seq FROM fills WHERE id = ?", (fill_id,)).fetchone()
-        return None if row is None else int(row["seq"])
-
-    def positions(self) -> list[StoredPosition]:
-        with self._lock:
-            rows = self._conn.execute("SELECT * FROM positions ORDER BY symbol").fetchall()
-        return [
-            StoredPosition(row["symbol"], Decimal(row["qty"]), Decimal(row["avg_entry_price"]))
-            for row in rows
-        ]
-
-    def position_qty(self, symbol: str) -> Decimal:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT qty FROM positions WHERE symbol = ?", (symbol,)
-            ).fetchone()
-        return Decimal(row["qty"]) if row else Decimal(0)
-
-    def meta(self, key: str) -> str:
-        with self._lock:
-            return str(
-                self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
-            )
