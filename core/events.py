@@ -52,6 +52,7 @@ class EventType(StrEnum):
     # Arbiter's own
     STRATEGY_ACTIVATED = "strategy_activated"
     STRATEGY_DEACTIVATED = "strategy_deactivated"
+    STRATEGY_UPDATED = "strategy_updated"  # priority, lock, limits or name changed
     CONFLICT_RESOLVED = "conflict_resolved"
     OWNERSHIP_RELEASED = "ownership_released"
     ORDER_PARTIALLY_FILLED = "order_partially_filled"

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: str | None = None
 
+    # The web API and dashboard (`arbiter web`). Loopback unless told otherwise.
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=1, le=65535)
+    web_cors_origins: list[str] = Field(default_factory=list)  # none: no CORS at all
+    web_secure_cookies: bool = False  # set behind HTTPS: the session cookie gets `Secure`
+    web_session_hours: float = Field(default=12.0, gt=0)
+
     @field_validator("daily_report_at")
     @classmethod
     def _hh_mm(cls, value: str | None) -> str | None:

@@ -318,3 +318,42 @@ class NotificationDelivery(Base):
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
     sent_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """A web API token. Only the SHA-256 of the token is kept; the token is shown once."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        CheckConstraint("scope IN ('read', 'trade', 'admin')", name="scope"),
+        Index(
+            "uq_api_tokens_live_name",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[BigId]
+    name: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(8))
+    # A trade token may be bound to one strategy: it may then send only that strategy's signals.
+    strategy: Mapped[str | None] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[Timestamp]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A dashboard sign-in: the cookie holds a random id whose SHA-256 is the key here."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[Timestamp]
+    expires_at: Mapped[datetime]
+
+    token: Mapped[ApiToken] = relationship(lazy="joined")

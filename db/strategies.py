@@ -74,3 +74,71 @@ def set_active(session: Session, name: str, active: bool, reason: str) -> Strate
     )
     session.flush()
     return strategy
+
+
+LIMIT_KEYS = ("max_order_quantity", "max_order_notional", "max_open_orders",
+              "max_signals_per_minute")  # fmt: skip
+
+
+def update_strategy(
+    session: Session,
+    name: str,
+    *,
+    actor: str,
+    reason: str,
+    priority: int | None = None,
+    lock_days: float | None = None,
+    limits: dict[str, Any] | None = None,
+    display_name: str | None = None,
+) -> Strategy:
+    """Change priority, ownership lock length, per-strategy limits or display name, with a
+    STRATEGY_UPDATED event recording each change as [old, new] (nothing if nothing changed).
+    A new lock length applies to tickers acquired from now on."""
+    strategy = require_strategy(session, name)
+    config = dict(strategy.config or {})
+    changes: dict[str, list[Any]] = {}
+    if priority is not None and priority != strategy.priority:
+        if priority < 0:
+            raise InvalidInput(f"priority must be 0 or more, not {priority}")
+        changes["priority"] = [strategy.priority, priority]
+        strategy.priority = priority
+    if lock_days is not None:
+        if lock_days < 0:
+            raise InvalidInput(f"lock_days must be 0 or more, not {lock_days}")
+        days: float | int = int(lock_days) if float(lock_days).is_integer() else lock_days
+        if days != config.get("ownership_lock_days", 0):
+            changes["lock_days"] = [config.get("ownership_lock_days", 0), days]
+            config["ownership_lock_days"] = days
+    if limits is not None:
+        unknown = set(limits) - set(LIMIT_KEYS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown limit {sorted(unknown)[0]!r}; known: {', '.join(LIMIT_KEYS)}"
+            )
+        merged = {k: v for k, v in {**config.get("limits", {}), **limits}.items() if v is not None}
+        if merged != config.get("limits", {}):
+            changes["limits"] = [config.get("limits", {}), merged]
+            config["limits"] = merged
+    if display_name is not None and display_name != strategy.display_name:
+        changes["display_name"] = [strategy.display_name, display_name]
+        strategy.display_name = display_name
+    if not changes:
+        return strategy
+    strategy.config = config
+    emit(
+        session,
+        Event(type=EventType.STRATEGY_UPDATED, source=actor, strategy=name,
+              payload={"changes": changes, "reason": reason, "by": actor}),
+    )  # fmt: skip
+    session.flush()
+    return strategy
+
+
+def announce_created(session: Session, strategy: Strategy, *, actor: str) -> None:
+    """The STRATEGY_UPDATED event of a new strategy (every change is in the history)."""
+    emit(
+        session,
+        Event(type=EventType.STRATEGY_UPDATED, source=actor, strategy=strategy.name,
+              payload={"created": True, "priority": strategy.priority,
+                       "horizon": strategy.horizon, "config": strategy.config, "by": actor}),
+    )  # fmt: skip

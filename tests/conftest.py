@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.processes",
     "tests.fixtures.receiver",
+    "tests.fixtures.web",
 ]

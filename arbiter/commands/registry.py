@@ -20,7 +20,9 @@ from arbiter.commands import (
     review,
     strategies,
     submit,
+    tokens,
     up,
+    web,
 )
 
 # Written by others; mounted when present.
@@ -42,6 +44,8 @@ def register(root: typer.Typer) -> None:
     root.add_typer(review.app, name="review")
     root.add_typer(notify.app, name="notify")
     root.command("report")(report.report)
+    root.add_typer(tokens.app, name="tokens")
+    root.command("web")(web.web)
     for module_name, name in OPTIONAL_APPS:
         try:
             module = importlib.import_module(module_name)
