@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from db.outbox import emit
 from service_layer import position_check, recovery
 from service_layer import reconciliation as reconcile
 from strategy_client import pending, routing
+from tasks import metrics
 from tasks.app import get_app
 from tasks.crashpoints import crash_point
 from tasks.runtime import runtime
@@ -97,6 +99,7 @@ def reconcile_orders() -> dict[str, Any]:
     with exclusive(routing.RECONCILE_ORDERS, _lock_timeout()) as held:
         if not held:
             return SKIPPED
+        started = time.monotonic()
         report = reconcile.reconcile_open_orders(
             rt.database,
             rt.brokerage,
@@ -104,6 +107,7 @@ def reconcile_orders() -> dict[str, Any]:
             actor=routing.RECONCILE_ORDERS,
             after_first_commit=lambda: crash_point("mid_reconciliation"),
         )
+        metrics.record_reconcile_pass(rt.redis, time.monotonic() - started, report.counts())
     return report.counts()
 
 
@@ -159,6 +163,7 @@ def reconcile_positions() -> dict[str, Any]:
         if not held:
             return SKIPPED
         mismatches = position_check.reconcile_positions(rt.database, rt.brokerage)
+        metrics.record_position_mismatches(rt.redis, len(mismatches))
     return {
         "mismatches": len(mismatches),
         "confirmed": sum(m.confirmed for m in mismatches),

@@ -55,8 +55,9 @@ class Runtime:
     @cached_property
     def brokerage(self) -> Brokerage:
         from adapters.alpaca import AlpacaBrokerage
+        from tasks.metrics import counting
 
-        return AlpacaBrokerage.from_settings(self.settings)
+        return counting(AlpacaBrokerage.from_settings(self.settings), self.redis)
 
     @cached_property
     def notifier(self) -> AppriseNotifier:

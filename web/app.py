@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -52,6 +52,7 @@ def create_app(runtime: WebRuntime | None = None, *, settings: Settings | None =
     )
     app.state.runtime = rt
     _add_error_handlers(app)
+    app.middleware("http")(_security_headers)
     if rt.settings.web_cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -73,6 +74,27 @@ def create_app(runtime: WebRuntime | None = None, *, settings: Settings | None =
         app.include_router(module.router)
     _mount_dashboard(app)
     return app
+
+
+_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+# JSON and metrics never need to run or load anything.
+_DATA_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+async def _security_headers(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    response = await call_next(request)
+    for name, value in _HEADERS.items():
+        response.headers.setdefault(name, value)
+    path = request.url.path
+    if path.startswith(("/api/", "/metrics", "/healthz")):
+        response.headers.setdefault("Content-Security-Policy", _DATA_CSP)
+    return response
 
 
 def _mount_dashboard(app: FastAPI) -> None:

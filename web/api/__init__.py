@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-
 from fastapi import APIRouter
 
-RESOURCES = ("strategies", "ownership", "conflicts", "orders", "positions", "review",
-             "kill_switch", "events", "signals")  # fmt: skip
+from web.api import (
+    conflicts,
+    events,
+    kill_switch,
+    orders,
+    ownership,
+    positions,
+    review,
+    signals,
+    strategies,
+)
 
 router = APIRouter(prefix="/api/v1")
-for _name in RESOURCES:
-    try:
-        _module = importlib.import_module(f"web.api.{_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"web.api.{_name}":
-            raise
-        continue
+for _module in (strategies, ownership, conflicts, orders, positions, review, kill_switch,
+                events, signals):  # fmt: skip
     router.include_router(_module.router)

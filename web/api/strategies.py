@@ -122,7 +122,7 @@ def create_strategy(
     who: AdminAccess,
     rt: Rt,
 ) -> JSONResponse:
-    days = body.lock_days
+    days = float(body.lock_days)
     config: dict[str, Any] = {"ownership_lock_days": int(days) if days.is_integer() else days}
     limits = _limits(body.limits)
     if limits:
