@@ -12,8 +12,15 @@ from db.order_manager import OrderManager
 from db.strategies import require_strategy
 
 
-def order(db: Database, strategy: str, signal_id: str, ticker: str = "AAPL",
-          side: str = "buy", quantity: str = "10", state: OrderState | None = None) -> int:  # fmt: skip
+def order(
+    db: Database,
+    strategy: str,
+    signal_id: str,
+    ticker: str = "AAPL",
+    side: str = "buy",
+    quantity: str = "10",
+    state: OrderState | None = None,
+) -> int:
     with db.unit_of_work() as uow:
         signal = Signal.parse({"strategy": strategy, "signal_id": signal_id, "ticker": ticker,
                                "side": side, "quantity": quantity})  # fmt: skip
