@@ -24,6 +24,7 @@ import web.api
 from core.errors import ArbiterError, InvalidInput, InvalidTransition
 from core.settings import Settings, get_settings
 from web import auth
+from web.docs import mount_docs
 from web.runtime import WebRuntime, runtime_of
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ def create_app(runtime: WebRuntime | None = None, *, settings: Settings | None =
         version=VERSION,
         summary="Conflict-free order routing: strategies, ownership, conflicts, orders, events.",
         lifespan=lifespan,
+        docs_url=None,  # served behind auth by web.docs
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.runtime = rt
     _add_error_handlers(app)
@@ -72,6 +76,7 @@ def create_app(runtime: WebRuntime | None = None, *, settings: Settings | None =
         except ImportError:
             continue
         app.include_router(module.router)
+    mount_docs(app)
     _mount_dashboard(app)
     return app
 
