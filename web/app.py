@@ -117,7 +117,10 @@ class SecurityHeaders:
 
 
 def _mount_dashboard(app: FastAPI) -> None:
-    """The dashboard lives in web/dashboard (its own package); mount it when present."""
+    """The dashboard lives in web/dashboard (its own package): when present, its
+    `mount(app)` adds the page routes and static files (pages authenticate with
+    `web.auth.require(...)`, which accepts the session cookie, and put `web.auth.csrf_token`
+    in their forms)."""
     try:
         dashboard: Any = importlib.import_module("web.dashboard")
     except ImportError:
