@@ -1,4 +1,4 @@
-# One image for every Arbiter service: migrate, worker, beat, flower and the simulator.
+# One image for every Arbiter service: migrate, worker, beat, flower, web and the simulator.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,6 +13,10 @@ COPY db ./db
 COPY tasks ./tasks
 COPY arbiter ./arbiter
 COPY brokersim ./brokersim
+COPY service_layer ./service_layer
+COPY strategy_client ./strategy_client
+COPY adapters ./adapters
+COPY web ./web
 RUN pip install . \
     && useradd --create-home --uid 10001 arbiter \
     && mkdir -p /data && chown arbiter:arbiter /data

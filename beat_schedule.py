@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
+
 from core.settings import Settings
 from strategy_client import routing
 
@@ -28,4 +30,23 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         ),
         "relay-unpublished-events": _every(settings.relay_interval_s, routing.RELAY_EVENTS),
         "expire-ownership": _every(settings.expire_locks_interval_s, routing.EXPIRE_OWNERSHIP),
+        "dispatch-notifications": _every(
+            settings.notify_dispatch_interval_s, routing.NOTIFY_DISPATCH
+        ),
+        "send-notification-digests": _every(30.0, routing.NOTIFY_DIGEST),
+        **_daily_report(settings),
+    }
+
+
+def _daily_report(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The daily report at ARBITER_DAILY_REPORT_AT (UTC); no entry while it is unset."""
+    if not settings.daily_report_at:
+        return {}
+    hour, minute = settings.daily_report_at.split(":")
+    return {
+        "daily-report": {
+            "task": routing.DAILY_REPORT,
+            "schedule": crontab(hour=int(hour), minute=int(minute)),
+            "options": {"expires": 3600},
+        }
     }

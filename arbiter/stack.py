@@ -140,6 +140,7 @@ class Stack:
     redis_url: str = ""
     brokerage_url: str = ""
     flower_url: str | None = None
+    web_url: str | None = None
     simulator_started: bool = False
     embedded: list[str] = field(default_factory=list)
 
@@ -155,7 +156,7 @@ class Stack:
 
     # -- start --------------------------------------------------------------------------------
 
-    def start(self, *, flower: bool = True) -> None:
+    def start(self, *, flower: bool = True, web: bool = False) -> None:
         self._claim()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.say("starting Postgres and Redis ...")
@@ -177,6 +178,15 @@ class Stack:
             env, self.log_dir / "worker.log", log_ready("ready."), cwd=self.data_dir,
             detail=f"queues {QUEUES}, concurrency 2",
         ))  # fmt: skip
+        # Alerts on a worker of their own: a slow or dead target never holds up a signal.
+        self.supervisor.start(Child(
+            "notifier",
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-l", "INFO",
+             "-c", "1", "-Q", "notifications", "-n", f"notifier-{os.getpid()}@%h",
+             "--without-gossip", "--without-mingle"],
+            env, self.log_dir / "notifier.log", log_ready("ready."), cwd=self.data_dir,
+            detail="queue notifications, concurrency 1",
+        ))  # fmt: skip
         self.supervisor.start(Child(
             "beat",
             [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "INFO",
@@ -186,6 +196,8 @@ class Stack:
         ))  # fmt: skip
         if flower:
             self._start_flower(env)
+        if web:
+            self._start_web(env)
         self._write_env_file()
 
     def _claim(self) -> None:
@@ -255,6 +267,21 @@ class Stack:
             self.say(f"Flower login (generated once, stored 0600 in "
                      f"{self.data_dir / CREDENTIALS_FILE}): user {user!r} password {password!r}")
 
+    def _start_web(self, env: dict[str, str]) -> None:
+        """`arbiter web` on loopback (ARBITER_WEB_HOST/PORT may say otherwise)."""
+        port = free_port(self.settings.web_port)
+        host = self.settings.web_host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.web_url = f"http://{shown}:{port}"
+        self.say("starting the web API and dashboard ...")
+        self.supervisor.start(Child(
+            "web",
+            [sys.executable, "-c", "from arbiter.cli import main; main()", "web",
+             "--host", host, "--port", str(port)],
+            env, self.log_dir / "web.log", http_ready(f"{self.web_url}/healthz"),
+            cwd=self.data_dir, detail=self.web_url,
+        ))  # fmt: skip
+
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
         env.update(self.child_env)
@@ -270,6 +297,7 @@ class Stack:
             "ARBITER_DATABASE_URL": self.database_url,
             "ARBITER_REDIS_URL": self.redis_url,
             "ARBITER_BROKERAGE_URL": self.brokerage_url,
+            "ARBITER_WEB_URL": self.web_url or "",
         }
         if self.settings.event_channel_prefix != "arbiter.events":
             values["ARBITER_EVENT_CHANNEL_PREFIX"] = self.settings.event_channel_prefix

@@ -54,7 +54,21 @@ async def set_faults(request: Request) -> JSONResponse:
         settings = engine_of(request).faults.update(await _body(request))
     except ValidationError as exc:
         raise invalid(str(exc).splitlines()[0] + ": " + exc.errors()[0]["msg"]) from None
+    if settings.stream_down:
+        request.app.state.hub.drop_all()
     return JSONResponse(settings.model_dump())
+
+
+@router.get("/stream")
+async def stream_state(request: Request) -> JSONResponse:
+    """How many trade_updates websocket connections are open."""
+    return JSONResponse({"connections": request.app.state.hub.count()})
+
+
+@router.post("/stream/drop")
+async def drop_stream(request: Request) -> JSONResponse:
+    """Close every trade_updates websocket connection now (clients may reconnect at once)."""
+    return JSONResponse({"dropped": request.app.state.hub.drop_all()})
 
 
 @router.post("/pause-fills")

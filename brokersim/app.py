@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from brokersim import admin, routes
+from brokersim import admin, marketdata, routes, stream
 from brokersim.config import SimConfig
 from brokersim.engine import Engine
 from brokersim.faults import Fault, Faults, FaultSettings
@@ -37,6 +37,7 @@ def build_engine(config: SimConfig) -> Engine:
             garbage_rate=config.garbage_rate,
             accept_then_timeout_rate=config.accept_then_timeout_rate,
             hang_ms=config.hang_ms,
+            no_price=[p.strip() for p in config.no_price.split(",") if p.strip()],
         ),
         seed=config.seed,
     )
@@ -57,9 +58,14 @@ def create_app(config: SimConfig) -> FastAPI:
             engine.store.close()
 
     app = FastAPI(title="Arbiter brokerage simulator", lifespan=lifespan, openapi_url=None)
+    hub = stream.Hub(engine.store, config, engine.faults)
+    engine.store.on_updates = hub.publish
     app.state.engine = engine
+    app.state.hub = hub
     app.include_router(routes.router)
+    app.include_router(marketdata.router)
     app.include_router(admin.router)
+    app.include_router(stream.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -86,7 +92,7 @@ def create_app(config: SimConfig) -> FastAPI:
         knobs = engine.faults.settings
         if knobs.latency_ms:
             await asyncio.sleep(knobs.latency_ms / 1000)
-        submission = request.method == "POST" and path == "/v2/orders"
+        submission = request.method in ("POST", "PATCH") and path.startswith("/v2/orders")
         fault = engine.faults.draw(order_submission=submission)
         if fault is Fault.ERROR:
             return _error(503, 50300000, "service unavailable (injected fault)")

@@ -33,6 +33,9 @@ def serve(
     accept_then_timeout_rate: Annotated[float | None, typer.Option()] = None,
     garbage_rate: Annotated[float | None, typer.Option(help="share of non-JSON answers")] = None,
     hang_ms: Annotated[int | None, typer.Option(help="stall for accept-then-timeout")] = None,
+    no_price: Annotated[
+        str | None, typer.Option(help="symbol patterns without market data, e.g. 'NOPX*,ZZZ'")
+    ] = None,
 ) -> None:
     """Run the simulator in the foreground (also: python -m brokersim)."""
     from brokersim.server import serve as run
@@ -52,6 +55,7 @@ def serve(
         "accept_then_timeout_rate": accept_then_timeout_rate,
         "garbage_rate": garbage_rate,
         "hang_ms": hang_ms,
+        "no_price": no_price,
     }
     config = SimConfig(**{k: v for k, v in given.items() if v is not None})
     typer.echo(f"brokersim listening on http://{config.host}:{config.port} data={config.data_dir}")
@@ -122,6 +126,7 @@ def faults(
     garbage_rate: Annotated[float | None, typer.Option()] = None,
     hang_ms: Annotated[int | None, typer.Option()] = None,
     pause_fills: Annotated[bool | None, typer.Option("--pause-fills/--resume-fills")] = None,
+    stream_down: Annotated[bool | None, typer.Option("--stream-down/--stream-up")] = None,
     reset: Annotated[bool, typer.Option(help="clear every fault first")] = False,
 ) -> None:
     """Show the fault knobs, or change the ones given."""
@@ -134,6 +139,7 @@ def faults(
         "garbage_rate": garbage_rate,
         "hang_ms": hang_ms,
         "fills_paused": pause_fills,
+        "stream_down": stream_down,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if reset:

@@ -43,3 +43,4 @@ class SimConfig(BaseSettings):
     accept_then_timeout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     garbage_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     hang_ms: int = Field(default=30_000, ge=0, description="how long accept-then-timeout stalls")
+    no_price: str = Field(default="", description="comma-separated symbol patterns with no data")

@@ -1,24 +1,35 @@
-"""The fill engine: accepts orders, decides rejects (seeded), fills in slices at the reference
-price (limits only when the price crosses), expires day orders. With zero fill latency it fills
-inside the submit call; otherwise a background thread works through due orders every tick."""
+"""The fill engine: accepts orders (with their legs), decides rejects (seeded), elects stops and
+moves trailing stops on the seeded price path, fills in slices at the reference price (limits
+only when the price crosses), applies ioc / fok, replaces and cancels, expires day orders.
+
+With zero fill latency it works an order inside the submit call; otherwise a background thread
+works through due orders every tick. opg and cls orders are worked like day orders at the
+current price: the simulator's market is always in session (no auctions)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 
+from brokersim.builder import build_orders, build_replacement
 from brokersim.config import SimConfig
 from brokersim.faults import Faults
 from brokersim.ledger import fmt_ts, slice_quantity
 from brokersim.prices import PriceBook, chance
 from brokersim.records import StoredOrder
+from brokersim.specs import OrderSpec, ReplaceSpec
 from brokersim.store import Store
-from brokersim.validate import ApiError, OrderSpec
+from brokersim.triggers import STOP_TYPES, limit_crossed, stop_elected, trail
+from brokersim.validate import ApiError
 
 log = logging.getLogger(__name__)
+
+
+def _not_open(order: StoredOrder) -> ApiError:
+    return ApiError(422, 42210000, f'order is already in "{order.status}" state')
 
 
 class Engine:
@@ -30,51 +41,32 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def _works_inline(self) -> bool:
+        return self.config.fill_latency_ms == 0 and not self.faults.settings.fills_paused
+
     # --- requests ---------------------------------------------------------------------------
 
     def submit(self, spec: OrderSpec) -> StoredOrder:
-        """Store the order (DuplicateOrder if its client_order_id exists), then act on it."""
-        now = self.store.unique_now()
-        stamp = fmt_ts(now)
-        client_order_id = spec.client_order_id or str(uuid.uuid4())
-        rejected = chance(self.config.seed, "reject", client_order_id) < self.config.reject_rate
-        latency_s = self.config.fill_latency_ms / 1000
-        order = self.store.insert_order(
-            StoredOrder(
-                id=str(uuid.uuid4()),
-                client_order_id=client_order_id,
-                symbol=spec.symbol,
-                side=spec.side,
-                type=spec.type,
-                time_in_force=spec.time_in_force,
-                qty=spec.qty,
-                limit_price=spec.limit_price,
-                extended_hours=spec.extended_hours,
-                status="new",
-                filled_qty=Decimal(0),
-                filled_avg_price=None,
-                submitted_at=stamp,
-                updated_at=stamp,
-                expires_at=(
-                    fmt_ts(now + timedelta(seconds=self.config.day_length_s))
-                    if spec.time_in_force == "day"
-                    else None
-                ),
-                next_fill_at=now.timestamp() + latency_s,
-            )
+        """Store the order and its legs (DuplicateOrder if a client_order_id exists), then act."""
+        orders = build_orders(
+            spec,
+            config=self.config,
+            stamp=self.store.unique_now,
+            market_price=self.book.price(spec.symbol),
         )
-        if rejected:
-            return self.store.set_status(order, "rejected", stamp)
-        if latency_s == 0 and not self.faults.settings.fills_paused:
+        main = orders[0]
+        if chance(self.config.seed, "reject", main.client_order_id) < self.config.reject_rate:
+            orders = [
+                replace(o, status="rejected", failed_at=o.submitted_at, next_fill_at=None)
+                for o in orders
+            ]
+        self.store.insert_orders(orders)
+        if orders[0].status == "new" and self._works_inline:
             # Under the lock, so the engine thread cannot slice the same order meanwhile.
             with self.store.locked():
-                for _ in range(self.config.partial_slices):
-                    current = self.store.get_order(order.id)
-                    if current is None or not current.is_open:
-                        break
-                    if self._fill_slice(current) == current:
-                        break  # a limit that has not crossed
-        return self.store.get_order(order.id) or order
+                self._work(main.id, self.config.partial_slices)
+        return self.store.get_order(main.id) or orders[0]
 
     def cancel(self, order_id: str) -> StoredOrder:
         with self.store.locked():
@@ -82,42 +74,83 @@ class Engine:
             if order is None:
                 raise ApiError(404, 40410000, "order not found")
             if not order.is_open:
-                raise ApiError(422, 42210000, f'order is already in "{order.status}" state')
+                raise _not_open(order)
             return self.store.set_status(order, "canceled", fmt_ts(datetime.now(UTC)))
 
+    def replace(self, order_id: str, spec: ReplaceSpec) -> StoredOrder:
+        """PATCH /v2/orders/{id}: a new order takes the old one's place (DuplicateOrder if the
+        given client_order_id exists)."""
+        with self.store.locked():
+            old = self.store.get_order(order_id)
+            if old is None:
+                raise ApiError(404, 40410000, "order not found")
+            new = build_replacement(
+                old,
+                spec,
+                config=self.config,
+                now=self.store.unique_now(),
+                market_price=self.book.price(old.symbol),
+            )
+            self.store.replace_order(old, new)
+            if new.status == "new" and self._works_inline:
+                self._work(new.id, self.config.partial_slices)
+            return self.store.get_order(new.id) or new
+
     def fill_now(self, order_id: str, price: Decimal | None = None) -> StoredOrder:
-        """Admin: fill whatever is left of an open order at once, limit or not."""
+        """Admin: fill whatever is left of a working order at once, whatever its price rules."""
         with self.store.locked():
             order = self.store.get_order(order_id)
             if order is None:
                 raise ApiError(404, 40410000, "order not found")
-            if not order.is_open:
-                raise ApiError(422, 42210000, f'order is already in "{order.status}" state')
+            if not order.is_open or order.status == "held":
+                raise _not_open(order)
             fill_price = price if price is not None else self.book.price(order.symbol)
-            now = datetime.now(UTC)
             return self.store.record_fill(
-                order, order.qty - order.filled_qty, fill_price, now, None
+                order, order.leaves_qty, fill_price, datetime.now(UTC), None
             )
 
     # --- the engine's own work --------------------------------------------------------------
 
-    def _crossed(self, order: StoredOrder, price: Decimal) -> bool:
-        if order.type != "limit" or order.limit_price is None:
-            return True
-        return price <= order.limit_price if order.side == "buy" else price >= order.limit_price
+    def _work(self, order_id: str, rounds: int) -> None:
+        """Evaluate an order up to `rounds` times, while each evaluation changes something."""
+        for _ in range(rounds + 2):  # + electing a stop, + moving a trailing stop
+            current = self.store.get_order(order_id)
+            if current is None or not current.is_open or current.status == "held":
+                return
+            if self._evaluate(current) == current:
+                return
 
-    def _fill_slice(self, order: StoredOrder) -> StoredOrder:
-        """One slice if the price allows; a waiting limit order stays due for the next tick."""
+    def _evaluate(self, order: StoredOrder) -> StoredOrder:
+        """One step on the current price: move a trailing stop, elect a stop, fill a slice (all
+        of it for ioc / fok), or cancel an ioc / fok that cannot execute now."""
         price = self.book.price(order.symbol)
-        if not self._crossed(order, price):
+        if order.type == "trailing_stop" and not order.triggered:
+            hwm, stop = trail(order, price)
+            if (hwm, stop) != (order.hwm, order.stop_price):
+                order = self.store.save(replace(order, hwm=hwm, stop_price=stop))
+        if not stop_elected(order, price):
             return order
-        qty = slice_quantity(order.qty, order.filled_qty, self.config.partial_slices)
+        if order.type in STOP_TYPES and not order.triggered:
+            order = self.store.save(replace(order, triggered=True))
+        if not limit_crossed(order, price):
+            if order.time_in_force in ("ioc", "fok"):
+                return self.store.set_status(order, "canceled", fmt_ts(datetime.now(UTC)))
+            return order
+        immediate = order.time_in_force in ("ioc", "fok")
+        qty = (
+            order.leaves_qty
+            if immediate
+            else slice_quantity(
+                order.qty - order.prior_filled_qty, order.filled_qty, self.config.partial_slices
+            )
+        )
         now = datetime.now(UTC)
-        next_at = now.timestamp() + self.config.fill_latency_ms / 1000
-        return self.store.record_fill(order, qty, price, now, next_at)
+        return self.store.record_fill(
+            order, qty, price, now, now.timestamp() + self.config.fill_latency_ms / 1000
+        )
 
     def step(self) -> None:
-        """One tick: move prices, expire day orders, fill whatever is due."""
+        """One tick: move prices, expire day orders, work whatever is due."""
         self.book.advance()
         now = datetime.now(UTC)
         self.store.expire_day_orders(fmt_ts(now))
@@ -126,8 +159,8 @@ class Engine:
         for order in self.store.due_orders(now.timestamp()):
             with self.store.locked():
                 current = self.store.get_order(order.id)
-                if current is not None and current.is_open:
-                    self._fill_slice(current)
+                if current is not None and current.is_open and current.status != "held":
+                    self._evaluate(current)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="brokersim-engine", daemon=True)

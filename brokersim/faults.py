@@ -30,6 +30,11 @@ class FaultSettings(BaseModel):
     accept_then_timeout_count: int = Field(default=0, ge=0)
     hang_ms: int = Field(default=30_000, ge=0)
     fills_paused: bool = False
+    # The trade_updates websocket refuses new connections (and /admin/faults drops the open
+    # ones when this turns on).
+    stream_down: bool = False
+    # Symbols (fnmatch patterns, e.g. "NOPX*") with no market data: latest trade/quote omit them.
+    no_price: list[str] = Field(default_factory=list)
 
 
 class Faults:

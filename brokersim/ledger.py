@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 
-OPEN_STATUSES = ("new", "accepted", "partially_filled")
+# "held": a bracket or OTO leg waiting for its entry to fill (open, but not working yet).
+OPEN_STATUSES = ("new", "accepted", "partially_filled", "held")
 _NANO = Decimal("0.000000001")
 
 

@@ -51,6 +51,12 @@ class PriceBook:
             else:
                 self._pinned[symbol] = price.quantize(_CENT, ROUND_HALF_EVEN)
 
+    @property
+    def tick(self) -> int:
+        """How many steps the walk has taken (a trade id for market data)."""
+        with self._lock:
+            return self._tick
+
     def snapshot(self) -> dict[str, Decimal]:
         with self._lock:
             return {**self._prices, **self._pinned}

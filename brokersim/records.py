@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 
-from brokersim.ledger import OPEN_STATUSES
+from brokersim.ledger import OPEN_STATUSES, fmt_dec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -55,6 +55,24 @@ CREATE TABLE IF NOT EXISTS positions (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Columns added after the first release: a data dir written by an older simulator gains them
+# on start (ALTER TABLE ... ADD COLUMN), so its orders keep working.
+ADDED_COLUMNS = {
+    "order_class": "TEXT NOT NULL DEFAULT 'simple'",
+    "stop_price": "TEXT",
+    "trail_price": "TEXT",
+    "trail_percent": "TEXT",
+    "hwm": "TEXT",
+    "triggered": "INTEGER NOT NULL DEFAULT 0",
+    "parent_id": "TEXT",
+    "leg_role": "TEXT",
+    "replaces": "TEXT",
+    "replaced_by": "TEXT",
+    "replaced_at": "TEXT",
+    "prior_filled_qty": "TEXT NOT NULL DEFAULT '0'",
+}
+INDEXES = "CREATE INDEX IF NOT EXISTS orders_parent ON orders (parent_id);"
+
 
 @dataclass(frozen=True)
 class StoredOrder:
@@ -78,10 +96,68 @@ class StoredOrder:
     failed_at: str | None = None
     expires_at: str | None = None
     next_fill_at: float | None = None
+    order_class: str = "simple"
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    hwm: Decimal | None = None
+    triggered: bool = False  # a stop (or trailing stop) has been elected
+    parent_id: str | None = None
+    leg_role: str | None = None  # "take_profit" or "stop_loss"
+    replaces: str | None = None
+    replaced_by: str | None = None
+    replaced_at: str | None = None
+    # A replacement of a partly filled order: the chain's shares already filled before it.
+    prior_filled_qty: Decimal = Decimal(0)
 
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def leaves_qty(self) -> Decimal:
+        """What this order still has to execute (a replacement excludes the chain's fills)."""
+        return self.qty - self.prior_filled_qty - self.filled_qty
+
+
+_DECIMALS = {
+    "qty",
+    "limit_price",
+    "filled_qty",
+    "filled_avg_price",
+    "stop_price",
+    "trail_price",
+    "trail_percent",
+    "hwm",
+    "prior_filled_qty",
+}
+_BOOLS = {"extended_hours", "triggered"}
+ORDER_COLUMNS = tuple(f.name for f in fields(StoredOrder))
+
+
+def order_to_row(order: StoredOrder) -> tuple[object, ...]:
+    """Column values in ORDER_COLUMNS order: decimals as strings, booleans as 0/1."""
+    values: list[object] = []
+    for name in ORDER_COLUMNS:
+        value = getattr(order, name)
+        if name in _DECIMALS and value is not None:
+            value = fmt_dec(value)
+        elif name in _BOOLS:
+            value = int(value)
+        values.append(value)
+    return tuple(values)
+
+
+def order_from_row(row: sqlite3.Row) -> StoredOrder:
+    values: dict[str, object] = {}
+    for name in ORDER_COLUMNS:
+        value = row[name]
+        if name in _DECIMALS and value is not None:
+            value = Decimal(value)
+        elif name in _BOOLS:
+            value = bool(value)
+        values[name] = value
+    return StoredOrder(**values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -107,33 +183,17 @@ class StoredPosition:
     avg_entry_price: Decimal
 
 
-def _dec(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)
+@dataclass(frozen=True)
+class Update:
+    """One trade_updates event, recorded inside the transaction that caused it."""
 
-
-def order_from_row(row: sqlite3.Row) -> StoredOrder:
-    return StoredOrder(
-        id=row["id"],
-        client_order_id=row["client_order_id"],
-        symbol=row["symbol"],
-        side=row["side"],
-        type=row["type"],
-        time_in_force=row["time_in_force"],
-        qty=Decimal(row["qty"]),
-        limit_price=_dec(row["limit_price"]),
-        extended_hours=bool(row["extended_hours"]),
-        status=row["status"],
-        filled_qty=Decimal(row["filled_qty"]),
-        filled_avg_price=_dec(row["filled_avg_price"]),
-        submitted_at=row["submitted_at"],
-        updated_at=row["updated_at"],
-        filled_at=row["filled_at"],
-        canceled_at=row["canceled_at"],
-        expired_at=row["expired_at"],
-        failed_at=row["failed_at"],
-        expires_at=row["expires_at"],
-        next_fill_at=row["next_fill_at"],
-    )
+    event: str
+    order_id: str
+    timestamp: str
+    price: Decimal | None = None
+    qty: Decimal | None = None
+    position_qty: Decimal | None = None
+    execution_id: str | None = None
 
 
 def fill_from_row(row: sqlite3.Row) -> StoredFill:

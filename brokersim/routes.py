@@ -12,8 +12,10 @@ from fastapi.responses import JSONResponse
 
 from brokersim.engine import Engine
 from brokersim.ledger import fmt_ts
+from brokersim.records import StoredOrder
+from brokersim.specs import parse_order, parse_replace
 from brokersim.store import DuplicateOrder
-from brokersim.validate import ApiError, parse_choice, parse_int, parse_order, parse_time
+from brokersim.validate import ApiError, parse_choice, parse_int, parse_time
 from brokersim.wire import account_json, activity_json, order_json, position_json
 
 router = APIRouter(prefix="/v2")
@@ -24,18 +26,48 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-@router.post("/orders")
-async def submit_order(request: Request) -> JSONResponse:
+def _nested(request: Request) -> bool:
+    return request.query_params.get("nested", "").lower() in ("true", "1")
+
+
+def _with_legs(engine: Engine, order: StoredOrder, nested: bool = True) -> dict[str, Any]:
+    """An order as Alpaca returns it; a bracket/oco/oto parent carries its legs when nested."""
+    if not nested or order.order_class == "simple" or order.parent_id is not None:
+        return order_json(order)
+    return order_json(order, engine.store.legs_of(order.id))
+
+
+async def _json_body(request: Request) -> Any:
     try:
-        body = json.loads(await request.body())
+        return json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, 40010000, "request body format is invalid") from None
-    spec = parse_order(body)
+
+
+_DUPLICATE = ApiError(422, 40010001, "client_order_id must be unique")
+
+
+@router.post("/orders")
+async def submit_order(request: Request) -> JSONResponse:
+    spec = parse_order(await _json_body(request))
+    engine = engine_of(request)
     try:
-        order = engine_of(request).submit(spec)
+        order = engine.submit(spec)
     except DuplicateOrder:
-        raise ApiError(422, 40010001, "client_order_id must be unique") from None
-    return JSONResponse(order_json(order))
+        raise _DUPLICATE from None
+    return JSONResponse(_with_legs(engine, order))
+
+
+@router.patch("/orders/{order_id}")
+async def replace_order(order_id: str, request: Request) -> JSONResponse:
+    """Alpaca's replace: the old order becomes `replaced`, the answer is the new order."""
+    spec = parse_replace(await _json_body(request))
+    engine = engine_of(request)
+    try:
+        order = engine.replace(order_id, spec)
+    except DuplicateOrder:
+        raise _DUPLICATE from None
+    return JSONResponse(_with_legs(engine, order))
 
 
 @router.get("/orders")
@@ -43,7 +75,8 @@ async def list_orders(request: Request) -> JSONResponse:
     q = request.query_params
     symbols = [s.strip().upper() for s in q.get("symbols", "").split(",") if s.strip()]
     side = q.get("side")
-    orders = engine_of(request).store.list_orders(
+    engine, nested = engine_of(request), _nested(request)
+    orders = engine.store.list_orders(
         status=parse_choice(q.get("status"), "status", ("open", "closed", "all"), "open"),
         after=parse_time(q.get("after"), "after"),
         until=parse_time(q.get("until"), "until"),
@@ -51,8 +84,9 @@ async def list_orders(request: Request) -> JSONResponse:
         limit=parse_int(q.get("limit"), "limit", 50, 1, 500),
         symbols=symbols or None,
         side=parse_choice(side, "side", ("buy", "sell"), "") or None,
+        top_level_only=nested,
     )
-    return JSONResponse([order_json(o) for o in orders])
+    return JSONResponse([_with_legs(engine, o, nested) for o in orders])
 
 
 @router.get("/orders:by_client_order_id")
@@ -60,18 +94,20 @@ async def get_by_client_order_id(request: Request) -> JSONResponse:
     client_order_id = request.query_params.get("client_order_id")
     if not client_order_id:
         raise ApiError(422, 40010001, "client_order_id is required")
-    order = engine_of(request).store.get_by_client_order_id(client_order_id)
+    engine = engine_of(request)
+    order = engine.store.get_by_client_order_id(client_order_id)
     if order is None:
         raise ApiError(404, 40410000, "order not found")
-    return JSONResponse(order_json(order))
+    return JSONResponse(_with_legs(engine, order, _nested(request)))
 
 
 @router.get("/orders/{order_id}")
 async def get_order(order_id: str, request: Request) -> JSONResponse:
-    order = engine_of(request).store.get_order(order_id)
+    engine = engine_of(request)
+    order = engine.store.get_order(order_id)
     if order is None:
         raise ApiError(404, 40410000, "order not found")
-    return JSONResponse(order_json(order))
+    return JSONResponse(_with_legs(engine, order, _nested(request)))
 
 
 @router.delete("/orders/{order_id}", status_code=204)

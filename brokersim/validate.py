@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,11}(/[A-Z]{2,6})?$")
+SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.]{0,11}(/[A-Z]{2,6})?$")
 _MAX_DECIMALS = 9
 _MAX_QTY = Decimal("100000000")
 
@@ -26,19 +25,7 @@ def invalid(message: str) -> ApiError:
     return ApiError(422, 40010001, message)
 
 
-@dataclass(frozen=True)
-class OrderSpec:
-    symbol: str
-    side: str
-    type: str
-    time_in_force: str
-    qty: Decimal
-    limit_price: Decimal | None
-    client_order_id: str | None
-    extended_hours: bool
-
-
-def _decimal(body: dict[str, object], name: str, *, required: bool) -> Decimal | None:
+def decimal_field(body: dict[str, object], name: str, *, required: bool) -> Decimal | None:
     raw = body.get(name)
     if raw is None:
         if required:
@@ -60,7 +47,7 @@ def _decimal(body: dict[str, object], name: str, *, required: bool) -> Decimal |
     return value
 
 
-def _choice(
+def choice_field(
     body: dict[str, object], name: str, allowed: tuple[str, ...], default: str | None
 ) -> str:
     raw = body.get(name, default)
@@ -69,39 +56,6 @@ def _choice(
     if not isinstance(raw, str) or raw.lower() not in allowed:
         raise invalid(f"invalid {name}: {raw!r} (supported: {', '.join(allowed)})")
     return raw.lower()
-
-
-def parse_order(body: object) -> OrderSpec:
-    """Validate a POST /v2/orders body; the simulator supports market and limit, day and gtc."""
-    if not isinstance(body, dict):
-        raise ApiError(400, 40010000, "request body format is invalid")
-    symbol = body.get("symbol")
-    if not isinstance(symbol, str) or not symbol:
-        raise invalid("symbol is required")
-    symbol = symbol.strip().upper()
-    if not _SYMBOL.match(symbol):
-        raise invalid(f"invalid symbol: {symbol!r}")
-    if body.get("notional") is not None:
-        raise invalid("notional orders are not supported by the simulator")
-    qty = _decimal(body, "qty", required=True)
-    assert qty is not None
-    side = _choice(body, "side", ("buy", "sell"), None)
-    order_type = _choice(body, "type", ("market", "limit"), None)
-    tif = _choice(body, "time_in_force", ("day", "gtc"), None)
-    limit_price = _decimal(body, "limit_price", required=order_type == "limit")
-    if order_type == "market" and limit_price is not None:
-        raise invalid("limit_price must not be given for market orders")
-    if body.get("order_class") not in (None, "", "simple"):
-        raise invalid("only simple orders are supported by the simulator")
-    client_order_id = body.get("client_order_id")
-    if client_order_id is not None and (
-        not isinstance(client_order_id, str) or not 0 < len(client_order_id) <= 128
-    ):
-        raise invalid("client_order_id must be a string of 1 to 128 characters")
-    extended = body.get("extended_hours", False)
-    if not isinstance(extended, bool):
-        raise invalid("extended_hours must be a boolean")
-    return OrderSpec(symbol, side, order_type, tif, qty, limit_price, client_order_id, extended)
 
 
 def parse_time(value: str | None, name: str) -> str | None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from brokersim.ledger import fmt_dec
-from brokersim.records import StoredFill, StoredOrder, StoredPosition
+from brokersim.records import StoredFill, StoredOrder, StoredPosition, Update
 
 _ASSET_NS = uuid.UUID("6f1e6f3c-7b0e-4b8e-9a59-5b3c2a1d0e42")
 
@@ -21,7 +21,8 @@ def _num(value: Decimal | None) -> str | None:
     return None if value is None else fmt_dec(value)
 
 
-def order_json(order: StoredOrder) -> dict[str, Any]:
+def order_json(order: StoredOrder, legs: list[StoredOrder] | None = None) -> dict[str, Any]:
+    """An order as Alpaca returns it; `legs` (a bracket/oco/oto's other orders) when nested."""
     return {
         "id": order.id,
         "client_order_id": order.client_order_id,
@@ -33,9 +34,9 @@ def order_json(order: StoredOrder) -> dict[str, Any]:
         "expires_at": order.expires_at,
         "canceled_at": order.canceled_at,
         "failed_at": order.failed_at,
-        "replaced_at": None,
-        "replaced_by": None,
-        "replaces": None,
+        "replaced_at": order.replaced_at,
+        "replaced_by": order.replaced_by,
+        "replaces": order.replaces,
         "asset_id": asset_id(order.symbol),
         "symbol": order.symbol,
         "asset_class": "us_equity",
@@ -43,22 +44,34 @@ def order_json(order: StoredOrder) -> dict[str, Any]:
         "qty": fmt_dec(order.qty),
         "filled_qty": fmt_dec(order.filled_qty),
         "filled_avg_price": _num(order.filled_avg_price),
-        "order_class": "simple",
+        "order_class": order.order_class,
         "order_type": order.type,
         "type": order.type,
         "side": order.side,
         "position_intent": None,
         "time_in_force": order.time_in_force,
         "limit_price": _num(order.limit_price),
-        "stop_price": None,
+        "stop_price": _num(order.stop_price),
         "status": order.status,
         "extended_hours": order.extended_hours,
-        "legs": None,
-        "trail_percent": None,
-        "trail_price": None,
-        "hwm": None,
+        "legs": None if legs is None else [order_json(leg) for leg in legs],
+        "trail_percent": _num(order.trail_percent),
+        "trail_price": _num(order.trail_price),
+        "hwm": _num(order.hwm),
         "source": "brokersim",
     }
+
+
+def trade_update_json(update: Update, order: dict[str, Any]) -> dict[str, Any]:
+    """One message of the trade_updates stream, as Alpaca's trading websocket sends it."""
+    data: dict[str, Any] = {"event": update.event, "timestamp": update.timestamp, "order": order}
+    if update.execution_id is not None:
+        data["execution_id"] = update.execution_id
+    for name in ("price", "qty", "position_qty"):
+        value = getattr(update, name)
+        if value is not None:
+            data[name] = fmt_dec(value)
+    return {"stream": "trade_updates", "data": data}
 
 
 def position_json(position: StoredPosition, price: Decimal) -> dict[str, Any]:

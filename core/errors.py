@@ -5,7 +5,8 @@ ArbiterError
 │   └── InvalidSignal       a malformed signal, naming the offending field
 ├── InvalidTransition       a move the table forbids (bug or stale actor): nothing written
 ├── TransientError          the world hiccupped: retry with backoff
-│   └── BrokerageUnavailable        timeout, connection refused, 5xx, 429
+│   ├── BrokerageUnavailable        timeout, connection refused, 5xx, 429
+│   └── NotificationFailed          a notification target refused or was unreachable
 ├── Rejected                a normal outcome, recorded on the order
 │   └── BrokerageRejected           the brokerage refused the order (reason attached)
 │       └── DuplicateClientOrderId  the brokerage already holds this client_order_id
@@ -51,6 +52,10 @@ class TransientError(ArbiterError):
 
 class BrokerageUnavailable(TransientError):
     """Timeout, connection error, 5xx or rate limit: the order's fate is unknown."""
+
+
+class NotificationFailed(TransientError):
+    """A notification could not be delivered (the message names the target masked)."""
 
 
 class Rejected(ArbiterError):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development credentials that the bundled brokerage simulator accepts out of the box.
@@ -56,6 +57,14 @@ class Settings(BaseSettings):
     never_received_grace_s: float = 60.0
     event_retention_days: int = 90
 
+    # Notifications (Apprise URLs hold secrets: never logged, shown masked).
+    notify_urls: str = ""  # comma separated: default rules for the important event types
+    notify_dispatch_interval_s: float = Field(default=2.0, gt=0)
+    notify_digest_after: int = Field(default=5, ge=1)  # per rule per minute, then one digest
+    notify_max_retries: int = Field(default=5, ge=0)
+    notify_timeout_s: float = Field(default=10.0, gt=0)
+    daily_report_at: str | None = None  # "HH:MM" UTC; off when unset
+
     # Operations.
     log_json: bool = False
     log_level: str = "INFO"
@@ -68,6 +77,15 @@ class Settings(BaseSettings):
     web_cors_origins: list[str] = Field(default_factory=list)  # none: no CORS at all
     web_secure_cookies: bool = False  # set behind HTTPS: the session cookie gets `Secure`
     web_session_hours: float = Field(default=12.0, gt=0)
+
+    @field_validator("daily_report_at")
+    @classmethod
+    def _hh_mm(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError("ARBITER_DAILY_REPORT_AT must be HH:MM (UTC), e.g. 21:30")
+        return value
 
     @model_validator(mode="after")
     def _no_dev_keys_off_loopback(self) -> Settings:

@@ -21,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names keep Alembic migrations reproducible.
@@ -271,6 +271,53 @@ class SystemFlag(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Json]
     updated_at: Mapped[Timestamp]
+
+
+class NotificationRule(Base):
+    """Which events go to which Apprise URL. `origin` is `operator` for rules added by hand and
+    `env` for the defaults that ARBITER_NOTIFY_URLS gives while no operator rule exists."""
+
+    __tablename__ = "notification_rules"
+
+    id: Mapped[BigId]
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(String(40)))
+    strategy: Mapped[str | None] = mapped_column(String(64))
+    ticker: Mapped[str | None] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)  # holds secrets: never logged, shown masked
+    origin: Mapped[str] = mapped_column(String(16), server_default=text("'operator'"))
+    created_at: Mapped[Timestamp]
+
+
+class NotificationDelivery(Base):
+    """One (rule, event) to deliver: the unique pair makes delivery at-least-once without
+    duplicates. `held` rows wait for the rule's next digest."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("rule_id", "event_id", name="uq_notification_deliveries_rule_event"),
+        CheckConstraint(
+            "status IN ('pending', 'sending', 'sent', 'failed', 'held')", name="status"
+        ),
+        Index("ix_notification_deliveries_status", "status", "id"),
+        Index("ix_notification_deliveries_rule_created", "rule_id", "created_at"),
+    )
+
+    id: Mapped[BigId]
+    rule_id: Mapped[int] = mapped_column(
+        ForeignKey("notification_rules.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    event_type: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(10), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(10), server_default=text("'info'"))
+    in_digest: Mapped[bool] = mapped_column(server_default=text("false"))
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+    sent_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

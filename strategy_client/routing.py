@@ -2,7 +2,8 @@
 
 Queues keep the hot path apart from maintenance: `signals` carries intake, validation and the
 conflict check (Postgres only); `orders` carries brokerage submission (network-bound, retried);
-`maintenance` carries the beat schedule's work, so a slow reconciliation never delays a signal.
+`maintenance` carries the beat schedule's work, so a slow reconciliation never delays a signal;
+`notifications` carries alerts to outside targets, served by a worker of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from celery import Celery, chain
 SIGNALS_QUEUE = "signals"
 ORDERS_QUEUE = "orders"
 MAINTENANCE_QUEUE = "maintenance"
+NOTIFICATIONS_QUEUE = "notifications"
 
 INTAKE = "arbiter.intake"
 VALIDATE = "arbiter.validate"
@@ -27,6 +29,11 @@ RELAY_EVENTS = "arbiter.relay_events"
 EXPIRE_OWNERSHIP = "arbiter.expire_ownership"
 STARTUP_RECOVERY = "arbiter.startup_recovery"
 
+NOTIFY_DISPATCH = "arbiter.notify_dispatch"
+NOTIFY_DELIVER = "arbiter.notify_deliver"
+NOTIFY_DIGEST = "arbiter.notify_digest"
+DAILY_REPORT = "arbiter.daily_report"
+
 TASK_ROUTES = {
     INTAKE: {"queue": SIGNALS_QUEUE},
     VALIDATE: {"queue": SIGNALS_QUEUE},
@@ -38,6 +45,10 @@ TASK_ROUTES = {
     RELAY_EVENTS: {"queue": MAINTENANCE_QUEUE},
     EXPIRE_OWNERSHIP: {"queue": MAINTENANCE_QUEUE},
     STARTUP_RECOVERY: {"queue": MAINTENANCE_QUEUE},
+    NOTIFY_DISPATCH: {"queue": NOTIFICATIONS_QUEUE},
+    NOTIFY_DELIVER: {"queue": NOTIFICATIONS_QUEUE},
+    NOTIFY_DIGEST: {"queue": NOTIFICATIONS_QUEUE},
+    DAILY_REPORT: {"queue": NOTIFICATIONS_QUEUE},
 }
 
 PIPELINE = (INTAKE, VALIDATE, CHECK_CONFLICT, SUBMIT)

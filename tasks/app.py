@@ -9,7 +9,13 @@ from celery import Celery
 from kombu.entity import Queue
 
 from core.settings import DEFAULT_REDIS_URL, Settings, get_settings
-from strategy_client.routing import MAINTENANCE_QUEUE, ORDERS_QUEUE, SIGNALS_QUEUE, TASK_ROUTES
+from strategy_client.routing import (
+    MAINTENANCE_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    ORDERS_QUEUE,
+    SIGNALS_QUEUE,
+    TASK_ROUTES,
+)
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -51,7 +57,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_track_started": True,
         "task_routes": TASK_ROUTES,
         "task_default_queue": SIGNALS_QUEUE,
-        "task_queues": [Queue(SIGNALS_QUEUE), Queue(ORDERS_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        "task_queues": [
+            Queue(name)
+            for name in (SIGNALS_QUEUE, ORDERS_QUEUE, MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE)
+        ],
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
@@ -59,7 +68,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
 
 
-TASK_MODULES = ["tasks.pipeline", "tasks.maintenance"]
+TASK_MODULES = ["tasks.pipeline", "tasks.maintenance", "tasks.notifications"]
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -18,6 +18,7 @@ NAMES = (
     "before_ack",  # the next chain step is published, this task is not yet acked
     "after_commit_before_publish",  # the change is committed, its events not yet published
     "mid_reconciliation",  # part of a reconciliation pass is committed
+    "notify_before_send",  # a delivery is marked `sending`, the target not yet called
 )
 
 _armed: dict[str, int] = {}

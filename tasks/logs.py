@@ -7,7 +7,7 @@ key and secret, Flower password) are masked in every line.
 
 Connected to Celery's `setup_logging` signal on import, so importing this module from a task
 module (the pipeline does) is enough for `celery -A tasks worker|beat`. Each task starts with an
-empty context (`task_prerun`), bound to its order id when its first argument is one.
+empty context (`task_prerun`), bound to its order id when it is a pipeline task.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from celery import signals
 
 from core.settings import get_settings
+from strategy_client.routing import PIPELINE
 
 ORDER_FIELDS = ("order_id", "client_order_id", "strategy", "ticker")
 _context: ContextVar[dict[str, Any] | None] = ContextVar("arbiter_log_context", default=None)
@@ -148,8 +149,13 @@ def _on_setup_logging(loglevel: int | None = None, **_: Any) -> None:
 
 
 @signals.task_prerun.connect
-def _on_task_prerun(args: tuple[Any, ...] | None = None, **_: Any) -> None:
+def _on_task_prerun(
+    sender: Any = None, args: tuple[Any, ...] | None = None, **_: Any
+) -> None:
     clear_order()
+    # Only the pipeline's tasks take an order id first (a notification takes a delivery id).
+    if getattr(sender, "name", None) not in PIPELINE:
+        return
     if args and isinstance(args[0], int) and not isinstance(args[0], bool):
         bind_order(order_id=args[0])
 

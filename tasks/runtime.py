@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -15,6 +16,9 @@ from core.settings import DEFAULT_REDIS_URL, Settings, get_settings
 from db.engine import Database
 from db.publisher import EventPublisher, attach_publisher
 from tasks.crashpoints import crash_point
+
+if TYPE_CHECKING:
+    from adapters.notifier import AppriseNotifier
 
 
 @dataclass
@@ -54,6 +58,12 @@ class Runtime:
         from tasks.metrics import counting
 
         return counting(AlpacaBrokerage.from_settings(self.settings), self.redis)
+
+    @cached_property
+    def notifier(self) -> AppriseNotifier:
+        from adapters.notifier import AppriseNotifier
+
+        return AppriseNotifier(timeout_s=self.settings.notify_timeout_s)
 
     @cached_property
     def risk_limits(self) -> RiskLimits:

@@ -6,5 +6,6 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.simulator",
     "tests.fixtures.processes",
+    "tests.fixtures.receiver",
     "tests.fixtures.web",
 ]

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import web.api
 from core.errors import ArbiterError, InvalidInput, InvalidTransition
 from core.settings import Settings, get_settings
 from web import auth
+from web.docs import mount_docs
 from web.runtime import WebRuntime, runtime_of
 
 log = logging.getLogger(__name__)
@@ -49,10 +52,13 @@ def create_app(runtime: WebRuntime | None = None, *, settings: Settings | None =
         version=VERSION,
         summary="Conflict-free order routing: strategies, ownership, conflicts, orders, events.",
         lifespan=lifespan,
+        docs_url=None,  # served behind auth by web.docs
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.runtime = rt
     _add_error_handlers(app)
-    app.middleware("http")(_security_headers)
+    app.add_middleware(SecurityHeaders)
     if rt.settings.web_cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -72,6 +78,7 @@ def create_app(runtime: WebRuntime | None = None, *, settings: Settings | None =
         except ImportError:
             continue
         app.include_router(module.router)
+    mount_docs(app)
     _mount_dashboard(app)
     return app
 
@@ -85,20 +92,35 @@ _HEADERS = {
 _DATA_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
-async def _security_headers(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    response = await call_next(request)
-    for name, value in _HEADERS.items():
-        response.headers.setdefault(name, value)
-    path = request.url.path
-    if path.startswith(("/api/", "/metrics", "/healthz")):
-        response.headers.setdefault("Content-Security-Policy", _DATA_CSP)
-    return response
+class SecurityHeaders:
+    """Pure ASGI (no buffering, so the event stream flows): headers on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        data = str(scope.get("path", "")).startswith(("/api/", "/metrics", "/healthz"))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _HEADERS.items():
+                    headers.setdefault(name, value)
+                if data:
+                    headers.setdefault("Content-Security-Policy", _DATA_CSP)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _mount_dashboard(app: FastAPI) -> None:
-    """The dashboard lives in web/dashboard (its own package); mount it when present."""
+    """The dashboard lives in web/dashboard (its own package): when present, its
+    `mount(app)` adds the page routes and static files (pages authenticate with
+    `web.auth.require(...)`, which accepts the session cookie, and put `web.auth.csrf_token`
+    in their forms)."""
     try:
         dashboard: Any = importlib.import_module("web.dashboard")
     except ImportError:

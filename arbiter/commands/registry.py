@@ -11,10 +11,12 @@ from arbiter.commands import (
     database,
     demo,
     kill_switch,
+    notify,
     orders,
     ownership,
     positions,
     reconcile,
+    report,
     review,
     strategies,
     submit,
@@ -40,6 +42,8 @@ def register(root: typer.Typer) -> None:
     root.command("reconcile")(reconcile.reconcile)
     root.add_typer(kill_switch.app, name="kill-switch")
     root.add_typer(review.app, name="review")
+    root.add_typer(notify.app, name="notify")
+    root.command("report")(report.report)
     root.add_typer(tokens.app, name="tokens")
     root.command("web")(web.web)
     for module_name, name in OPTIONAL_APPS:

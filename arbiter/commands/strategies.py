@@ -102,8 +102,9 @@ def priority(
 ) -> None:
     """Change a strategy's priority."""
     with common.unit_of_work() as uow:
-        strategy = strategy_store.require_strategy(uow.session, name)
-        old, strategy.priority = strategy.priority, value
+        old = strategy_store.require_strategy(uow.session, name).priority
+        strategy_store.update_strategy(uow.session, name, actor="cli", reason="changed by "
+                                       "operator (cli)", priority=value)  # fmt: skip
         uow.commit()
     typer.echo(f"{name}: priority {old} -> {value}")
 

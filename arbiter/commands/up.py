@@ -36,6 +36,9 @@ def print_where(stack: Stack) -> None:
     if stack.flower_url:
         console.print(f"Flower:      {stack.flower_url}  (login in {stack.data_dir}/"
                       "flower-credentials, or ARBITER_FLOWER_USER/PASSWORD)")
+    if stack.web_url:
+        console.print(f"web:         {stack.web_url}  (API docs {stack.web_url}/docs; sign in with "
+                      "a token from `arbiter tokens create NAME --scope admin`)")
     console.print(f"environment: {stack.data_dir / ENV_FILE} (the arbiter CLI reads it from this "
                   "folder); for other processes:")
     console.print(f"  {stack.export_line()}", soft_wrap=True, highlight=False)
@@ -46,9 +49,13 @@ def print_where(stack: Stack) -> None:
 
 def up(
     flower: Annotated[bool, typer.Option("--flower/--no-flower", help="start Flower")] = True,
+    web: Annotated[
+        bool, typer.Option("--web/--no-web", help="start the web API and dashboard")
+    ] = True,
 ) -> None:
     """Start Postgres and Redis (embedded unless ARBITER_DATABASE_URL / ARBITER_REDIS_URL are
-    set), migrate and seed, then the brokerage simulator, a worker, beat and Flower; watch them
+    set), migrate and seed, then the brokerage simulator, a worker, beat, Flower and the web
+    API (`arbiter web`, its URL in ARBITER_WEB_URL); watch them
     until Ctrl-C, then stop everything this run started."""
     current = common.settings(env_file_fallback=False)
     data_dir = data_dir_of(current)
@@ -56,7 +63,7 @@ def up(
     code = 0
     with sigterm_as_shutdown():
         try:
-            stack.start(flower=flower)
+            stack.start(flower=flower, web=web)
             print_where(stack)
             while True:
                 for message in stack.check():

@@ -37,4 +37,5 @@ def web(
     app = create_app(WebRuntime(current))
     typer.echo(f"Arbiter web on http://{bind}:{bind_port}  (API docs: /docs)")
     uvicorn.run(app, host=bind, port=bind_port, log_level=log_level.lower(),
-                proxy_headers=False, server_header=False)  # fmt: skip
+                proxy_headers=False, server_header=False,
+                timeout_graceful_shutdown=3)  # fmt: skip

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-APP_SERVICES = ("migrate", "worker", "beat", "flower", "simulator")
+APP_SERVICES = ("migrate", "worker", "notifier", "beat", "flower", "simulator", "web")
 SECRETS = ("POSTGRES_PASSWORD", "ARBITER_BROKERAGE_KEY", "ARBITER_BROKERAGE_SECRET",
            "ARBITER_FLOWER_USER", "ARBITER_FLOWER_PASSWORD")
 FILLED_IN = {name: f"test-{name.lower()}" for name in SECRETS}
@@ -40,7 +40,7 @@ def test_app_services_share_one_image_built_from_the_dockerfile(
 def test_app_services_wait_for_the_migration(services: dict[str, Any]) -> None:
     assert services["migrate"]["command"] == ["arbiter", "db", "upgrade"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "notifier", "beat", "flower", "web"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
@@ -51,6 +51,12 @@ def test_healthchecks(services: dict[str, Any]) -> None:
     assert "ping" in str(services["redis"]["healthcheck"]["test"])
     assert "/healthz" in str(services["simulator"]["healthcheck"]["test"])
     assert "0.0.0.0" in services["simulator"]["command"]
+    assert "/healthz" in str(services["web"]["healthcheck"]["test"])
+
+
+def test_web_is_published_on_the_host_loopback_only(services: dict[str, Any]) -> None:
+    assert services["web"]["command"][:2] == ["arbiter", "web"]
+    assert all(str(port).startswith("127.0.0.1:") for port in services["web"]["ports"])
 
 
 def test_redis_keeps_every_message(services: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from sqlalchemy import func, select
@@ -147,8 +148,11 @@ def test_up_stops_everything_on_sigterm_and_a_second_up_reuses_the_folder(
         servers = [int(p.read_text().split()[0]) for p in (
             data_dir / "postgres" / "pgdata" / "postmaster.pid",
             data_dir / "redis" / "redis-server.pid")]  # fmt: skip
-        assert {"worker", "beat", "flower", "simulator"} <= {
+        assert {"worker", "beat", "flower", "simulator", "web"} <= {
             p.stem for p in (data_dir / "logs").glob("*.log")}
+        web = urls["ARBITER_WEB_URL"]
+        assert httpx.get(f"{web}/healthz", timeout=10).json()["status"] == "ok"
+        assert httpx.get(f"{web}/api/v1/strategies", timeout=10).status_code == 401
         assert oct((data_dir / CREDENTIALS_FILE).stat().st_mode & 0o777) == "0o600"
         credentials = (data_dir / CREDENTIALS_FILE).read_text()
     finally:

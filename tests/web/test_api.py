@@ -230,3 +230,18 @@ def test_metrics_need_a_token_and_report_from_postgres(
         "arbiter_brokerage_errors",
     ):
         assert name in text, name
+
+
+def test_the_grafana_dashboard_reads_only_metrics_we_serve(api: TestClient, tokens: Tokens) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/arbiter.json")
+                           .read_text())  # fmt: skip
+    text = api.get("/metrics", headers=tokens.headers("read")).text
+    served = set(re.findall(r"^(?:# HELP )?(arbiter_\w+)", text, re.M))
+    wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
+              for name in re.findall(r"arbiter_\w+", target["expr"])}  # fmt: skip
+    assert len(dashboard["panels"]) >= 10
+    assert wanted <= served, wanted - served

@@ -96,7 +96,7 @@ def list_orders(
 def find_order(session: Session, key: str) -> Order:
     """By numeric id or by client_order_id; 404 when there is none."""
     order: Order | None
-    if key.isdigit():
+    if key.isascii() and key.isdigit():
         number = int(key)
         order = session.get(Order, number) if 0 < number <= BIGINT_MAX else None
     else:
