@@ -89,8 +89,9 @@ class WebServer:
 def chrome_binaries() -> tuple[str, str]:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.exists(p) or shutil.which(p))]
     if missing:
-        pytest.skip(f"browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} "
-                    "not found): apt-get install -y chromium chromium-driver")
+        pytest.skip(f"browser tests need Debian's chromium and chromium-driver "
+                    f"({', '.join(missing)} not found): apt-get install -y chromium "
+                    "chromium-driver")
     return CHROMIUM, CHROMEDRIVER
 
 

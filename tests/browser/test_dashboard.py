@@ -39,8 +39,17 @@ def sign_in(driver: WebDriver, web: WebServer, token: str, next_path: str = "/")
     live(driver)
 
 
+NOTICE = (By.CSS_SELECTOR, ".notice.good")
+FEED_ROWS = '[data-testid="event-feed"] tr[data-event-id]'
+ORDER_ROWS = '[data-testid="orders-table"] tbody tr'
+
+
+def live_state(driver: WebDriver) -> str:
+    return str(driver.execute_script("return document.body.dataset.liveState"))
+
+
 def live(driver: WebDriver, timeout: float = 30) -> None:
-    wait(driver, timeout).until(lambda d: d.execute_script("return document.body.dataset.liveState") == "live")
+    wait(driver, timeout).until(lambda d: live_state(d) == "live")
 
 
 def mark_page(driver: WebDriver) -> None:
@@ -60,7 +69,8 @@ def api(web: WebServer, token: str, path: str) -> Any:
 
 
 def conflict_rows(driver: WebDriver, ticker: str) -> list[Any]:
-    return driver.find_elements(By.CSS_SELECTOR, f'[data-testid="conflict-log"] tr[data-ticker="{ticker}"]')
+    css = f'[data-testid="conflict-log"] tr[data-ticker="{ticker}"]'
+    return driver.find_elements(By.CSS_SELECTOR, css)
 
 
 def test_sign_in_then_a_conflict_appears_without_reload(
@@ -96,7 +106,8 @@ def test_sign_in_then_a_conflict_appears_without_reload(
     order = order_by_coid(db, blocked)
     assert order is not None
     assert f"#{order.id}" in text                             # the resulting order
-    wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="total-blocked"]').text == "1")
+    total = '[data-testid="total-blocked"]'
+    wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, total).text == "1")
     screenshot(browser, "conflicts")
 
 
@@ -113,7 +124,7 @@ def test_raising_a_priority_in_the_ui_decides_the_next_conflict(
     field.clear()
     field.send_keys("75")
     browser.find_element(By.CSS_SELECTOR, '[data-testid="save-aggressive"]').click()
-    notice = wait(browser).until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".notice.good")))
+    notice = wait(browser).until(ec.visibility_of_element_located(NOTICE))
     assert "Priority saved: aggressive" in notice.text
     live(browser)
     screenshot(browser, "strategies")
@@ -161,7 +172,7 @@ def test_resolving_a_review_item_on_a_phone(
     button = item.find_element(By.CSS_SELECTOR, f'[data-testid="resolve-{item_id}"]')
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
     button.click()
-    notice = wait(browser).until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".notice.good")))
+    notice = wait(browser).until(ec.visibility_of_element_located(NOTICE))
     assert f"Review item {item_id} resolved" in notice.text
     with db.unit_of_work() as uow:
         row = uow.session.get(ReviewItem, int(item_id or 0))
@@ -184,7 +195,7 @@ def test_every_page_fits_a_375px_screen(
              client.submit_signal("trading", "TSLA", "buy", 10, signal_id="tr-tsla")]  # fmt: skip
     wait_terminal(db, coids)
     coids = [client.submit_signal("trading", "NVDA", "sell", 10, signal_id="tr-nvda"),
-             client.submit_signal("long_term", "TSLA", "buy", 100, signal_id="lt-tsla")]  # fmt: skip
+             client.submit_signal("long_term", "TSLA", "buy", 100, signal_id="lt-tsla")]
     (first, _) = wait_terminal(db, coids)
     phone(browser)
     sign_in(browser, stack, admin_token)
@@ -204,15 +215,15 @@ def test_the_page_catches_up_after_the_stream_drops(
     sign_in(browser, stack, admin_token, "/events")
     before = client.submit_signal("long_term", "MSFT", "buy", 5, signal_id="lt-msft-1")
     wait_terminal(db, [before])
-    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="event-feed"] tr[data-event-id]'))
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, FEED_ROWS))
     mark_page(browser)
 
     stack.kill()  # the stream drops; orders go on changing meanwhile
-    wait(browser).until(lambda d: d.execute_script("return document.body.dataset.liveState") in ("reconnecting", "stale"))
+    wait(browser).until(lambda d: live_state(d) in ("reconnecting", "stale"))
     away = [client.submit_signal("long_term", "MSFT", "buy", 1, signal_id=f"lt-msft-away-{i}")
             for i in range(3)]  # fmt: skip
     wait_terminal(db, away)
-    wait(browser, 20).until(lambda d: d.execute_script("return document.body.dataset.liveState") == "stale")
+    wait(browser, 20).until(lambda d: live_state(d) == "stale")
     banner = browser.find_element(By.ID, "live-banner").text
     assert banner.startswith("Stale since")
     screenshot(browser, "stale-banner", full_page=False)
@@ -221,14 +232,15 @@ def test_the_page_catches_up_after_the_stream_drops(
     live(browser, 60)
     assert not_reloaded(browser)
     with db.unit_of_work() as uow:
-        wanted = [str(e) for e in uow.session.scalars(select(EventRecord.id).order_by(EventRecord.seq))]
+        ordered = select(EventRecord.id).order_by(EventRecord.seq)
+        wanted = [str(e) for e in uow.session.scalars(ordered)]
     history = api(stack, admin_token, "/events?limit=500")
     api_ids = [item["id"] for item in history["items"]]
     assert set(api_ids) == set(wanted)
 
     def shown(d: WebDriver) -> list[str] | None:
-        ids = [r.get_attribute("data-event-id") for r in
-               d.find_elements(By.CSS_SELECTOR, '[data-testid="event-feed"] tr[data-event-id]')]
+        rows = d.find_elements(By.CSS_SELECTOR, FEED_ROWS)
+        ids = [r.get_attribute("data-event-id") for r in rows]
         return ids if set(ids) >= set(wanted) else None
 
     ids = wait(browser).until(shown)
@@ -245,8 +257,8 @@ def test_the_page_catches_up_after_the_stream_drops(
     browser.execute_script("window.arbiterLive.resume()")
     live(browser)
     expected = [str(o["id"]) for o in api(stack, admin_token, "/orders?limit=50")["items"]]
-    wait(browser).until(lambda d: [r.get_attribute("data-order-id") for r in d.find_elements(
-        By.CSS_SELECTOR, '[data-testid="orders-table"] tbody tr')] == expected)
+    wait(browser).until(lambda d: [r.get_attribute("data-order-id") for r in
+                                   d.find_elements(By.CSS_SELECTOR, ORDER_ROWS)] == expected)
     assert not_reloaded(browser)
     screenshot(browser, "orders")
 
@@ -265,7 +277,8 @@ def test_a_double_clicked_cancel_is_sent_once(
 
     order = wait(browser, 60).until(lambda _: sent())
     sign_in(browser, stack, admin_token, f"/orders/{order.id}")
-    button = wait(browser).until(ec.element_to_be_clickable((By.CSS_SELECTOR, '[data-testid="cancel-order"]')))
+    cancel = (By.CSS_SELECTOR, '[data-testid="cancel-order"]')
+    button = wait(browser).until(ec.element_to_be_clickable(cancel))
     ActionChains(browser).double_click(button).perform()
     dialog = wait(browser).until(ec.visibility_of_element_located((By.ID, "confirm")))
     assert "Cancel order" in dialog.text, dialog.text

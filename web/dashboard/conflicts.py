@@ -7,17 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from core.signals import STRATEGY_PATTERN, TICKER_PATTERN
 from db.models import ConflictLog, Order, Strategy
-from web.auth import Principal
 from web.dashboard.overview import db_now
-from web.dashboard.render import render, viewer
+from web.dashboard.render import Viewer, render
 
 router = APIRouter()
 PAGE = 50
@@ -40,8 +39,8 @@ RANGES = {
 }
 
 
-def _filtered(query: Select[Any], ticker: str | None, strategy: str | None,
-              resolution: str | None) -> Select[Any]:  # fmt: skip
+def _filtered(query: Any, ticker: str | None, strategy: str | None,
+              resolution: str | None) -> Any:  # fmt: skip
     if ticker:
         query = query.where(ConflictLog.ticker == ticker)
     if strategy:
@@ -57,7 +56,7 @@ def _filtered(query: Select[Any], ticker: str | None, strategy: str | None,
 def stats(session: Session) -> list[dict[str, Any]]:
     """Per strategy: as the challenger (blocked, override won, allowed) and as the owner
     (defended = a challenger was blocked, lost = overridden)."""
-    mine = {}
+    mine: dict[int, dict[str, Any]] = {}
     as_requester = session.execute(
         select(ConflictLog.requesting_strategy_id, ConflictLog.resolution, func.count())
         .group_by(ConflictLog.requesting_strategy_id, ConflictLog.resolution)
@@ -95,7 +94,7 @@ def over_time(session: Session, now: datetime, span: Range) -> dict[str, Any]:
         .group_by(bucket, ConflictLog.resolution)
     ).tuples()
     counts: dict[tuple[datetime, str], int] = {(b, r): int(c) for b, r, c in rows}
-    buckets = []
+    buckets: list[dict[str, Any]] = []
     at = start
     while at <= now:
         buckets.append({"at": at, **{r: counts.get((at, r), 0) for r in RESOLUTIONS}})
@@ -134,7 +133,7 @@ def chart(data: dict[str, Any], width: int = 720, height: int = 180) -> dict[str
 
 def _read(rt: Any, ticker: str | None, strategy: str | None, resolution: str | None,
           before: int | None, span: Range) -> dict[str, Any]:  # fmt: skip
-    query = (
+    query: Any = (
         select(ConflictLog, Order.state, Order.client_order_id)
         .outerjoin(Order, Order.id == ConflictLog.order_id)
         .order_by(ConflictLog.id.desc())
@@ -179,12 +178,12 @@ def clean_strategy(value: str | None) -> str | None:
 @router.get("/conflicts", response_class=HTMLResponse, include_in_schema=False)
 async def conflict_log(
     request: Request,
+    _: Viewer,
     ticker: str | None = Query(None, max_length=16),
     strategy: str | None = Query(None, max_length=64),
     resolution: str | None = Query(None, max_length=20),
     before: int | None = Query(None, ge=1, le=2**63 - 1),
     range_: str = Query("24h", alias="range", max_length=4),
-    _: Principal = Depends(viewer),
 ) -> Response:
     span = RANGES.get(range_, RANGES["24h"])
     chosen = resolution if resolution in RESOLUTIONS else None

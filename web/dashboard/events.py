@@ -6,17 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidInput
 from core.events import EventType
 from db.event_history import list_events
-from web.auth import Principal
 from web.dashboard.conflicts import clean_strategy, clean_ticker
 from web.dashboard.overview import db_now
-from web.dashboard.render import render, viewer
+from web.dashboard.render import Viewer, render
 
 router = APIRouter()
 SHOWN = 200
@@ -37,10 +36,10 @@ def _read(rt: Any, types: list[str] | None, strategy: str | None, ticker: str | 
 @router.get("/events", response_class=HTMLResponse, include_in_schema=False)
 async def events_page(
     request: Request,
-    type: str | None = Query(None, max_length=40),  # noqa: A002
+    _: Viewer,
+    type: str | None = Query(None, max_length=40),
     strategy: str | None = Query(None, max_length=64),
     ticker: str | None = Query(None, max_length=16),
-    _: Principal = Depends(viewer),
 ) -> Response:
     known = {t.value for t in EventType}
     chosen = type if type in known else None

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from core.states import OrderState
 from db.models import ConflictLog, EventRecord, Fill, Order, OrderTransition, ReviewItem, Strategy
-from web.auth import Principal
 from web.dashboard.conflicts import clean_strategy, clean_ticker
 from web.dashboard.overview import db_now
-from web.dashboard.render import render, viewer
+from web.dashboard.render import Viewer, render
 
 router = APIRouter()
 PAGE_SIZES = (25, 50, 100)
@@ -28,10 +27,11 @@ CANCELLABLE = frozenset({"SIGNAL_RECEIVED", "VALIDATING", "ORDER_PENDING", "ORDE
 def cancel_path(request: Request) -> str | None:
     """The API's cancel route for an order (`{id}` to fill in), from its OpenAPI schema
     (built once, then cached by FastAPI)."""
-    for path, methods in request.app.openapi().get("paths", {}).items():
+    schema: dict[str, Any] = request.app.openapi()
+    for path, methods in schema.get("paths", {}).items():
         if (path.startswith("/api/v1/orders/{") and path.endswith("}/cancel")
                 and "post" in methods):  # fmt: skip
-            return path.split("{", 1)[0] + "{id}/cancel"
+            return str(path).split("{", 1)[0] + "{id}/cancel"
     return None
 
 
@@ -59,13 +59,13 @@ def _list(rt: Any, state: str | None, strategy: str | None, ticker: str | None, 
 @router.get("/orders", response_class=HTMLResponse, include_in_schema=False)
 async def orders_page(
     request: Request,
+    _: Viewer,
     state: str | None = Query(None, max_length=20),
     strategy: str | None = Query(None, max_length=64),
     ticker: str | None = Query(None, max_length=16),
     review: bool = False,
     before: int | None = Query(None, ge=1, le=2**63 - 1),
     size: int = Query(50, ge=1, le=100),
-    _: Principal = Depends(viewer),
 ) -> Response:
     chosen_state = state.strip().upper() if state else None
     if chosen_state not in {s.value for s in OrderState}:
@@ -107,7 +107,7 @@ def _detail(rt: Any, order_id: int) -> dict[str, Any] | None:
 
 
 @router.get("/orders/{order_id}", response_class=HTMLResponse, include_in_schema=False)
-async def order_detail(request: Request, order_id: int, _: Principal = Depends(viewer)) -> Response:
+async def order_detail(request: Request, _: Viewer, order_id: int) -> Response:
     if not 0 < order_id < 2**63:
         raise HTTPException(404, "no such order")
     context = await run_in_threadpool(_detail, request.app.state.runtime, order_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -15,9 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from core.states import OrderState
 from db.kill_switch import kill_switch, set_kill_switch
 from db.models import Order, ReviewItem, Strategy
-from web.auth import Principal
 from web.dashboard import health
-from web.dashboard.render import actor, render, viewer
+from web.dashboard.render import Actor, Viewer, render
 
 router = APIRouter()
 SPARK_MINUTES = 30
@@ -25,12 +24,14 @@ SPARK_MINUTES = 30
 
 def db_now(session: Session) -> datetime:
     """The database's clock: every age and countdown on the dashboard is judged by it."""
-    now: datetime = session.scalar(select(func.now()))
+    now: datetime | None = session.scalar(select(func.now()))
+    assert now is not None
     return now
 
 
 def orders_by_state(session: Session) -> list[tuple[str, int]]:
-    counts = dict(session.execute(select(Order.state, func.count()).group_by(Order.state)).tuples().all())
+    query = select(Order.state, func.count()).group_by(Order.state)
+    counts = dict(session.execute(query).tuples().all())
     return [(state.value, int(counts.get(state.value, 0))) for state in OrderState]
 
 
@@ -38,7 +39,7 @@ def signals_per_minute(session: Session, now: datetime) -> list[tuple[datetime, 
     """Signals recorded per minute over the last SPARK_MINUTES minutes, oldest first."""
     start = (now - timedelta(minutes=SPARK_MINUTES - 1)).replace(second=0, microsecond=0)
     minute = func.date_trunc("minute", Order.created_at)
-    rows = dict(
+    rows: dict[datetime, int] = dict(
         session.execute(
             select(minute, func.count()).where(Order.created_at >= start).group_by(minute)
         ).tuples().all()
@@ -105,7 +106,7 @@ def _last_minute(session: Session, now: datetime) -> int:
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def overview(request: Request, _: Principal = Depends(viewer)) -> Response:
+async def overview(request: Request, _: Viewer) -> Response:
     context = await run_in_threadpool(_read, request.app.state.runtime)
     return render(request, "overview.html", context, page="overview", title="Overview")
 
@@ -119,9 +120,9 @@ def _switch(rt: Any, on: bool, reason: str, who: str) -> None:
 @router.post("/kill-switch", include_in_schema=False)
 async def kill_switch_form(
     request: Request,
+    who: Actor,
     on: bool = Form(...),
     reason: str = Form("", max_length=500),
-    who: Principal = Depends(actor),
 ) -> Response:
     text = reason.strip() or ("stopped from the dashboard" if on else "resumed from the dashboard")
     await run_in_threadpool(_switch, request.app.state.runtime, on, text, who.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import and_, select
 from starlette.concurrency import run_in_threadpool
@@ -17,9 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from core.signals import TICKER_PATTERN
 from db.models import ConflictLog, Order, Position, TickerOwnership
 from web.api.ownership import ownership_row
-from web.auth import Principal
 from web.dashboard.overview import db_now
-from web.dashboard.render import render, viewer
+from web.dashboard.render import Viewer, render
 
 router = APIRouter()
 
@@ -43,7 +42,7 @@ def _map(rt: Any) -> dict[str, Any]:
 
 
 @router.get("/ownership", response_class=HTMLResponse, include_in_schema=False)
-async def ownership_map(request: Request, _: Principal = Depends(viewer)) -> Response:
+async def ownership_map(request: Request, _: Viewer) -> Response:
     context = await run_in_threadpool(_map, request.app.state.runtime)
     return render(request, "ownership.html", context, page="ownership", title="Ownership")
 
@@ -85,7 +84,7 @@ def _history(rt: Any, ticker: str) -> dict[str, Any]:
 
 @router.get("/ownership/{ticker}", response_class=HTMLResponse, include_in_schema=False)
 async def ticker_history(
-    request: Request, ticker: str, _: Principal = Depends(viewer)
+    request: Request, _: Viewer, ticker: str
 ) -> Response:
     symbol = ticker.strip().upper()
     if not TICKER_PATTERN.match(symbol):

@@ -11,17 +11,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import ArbiterError
 from db.models import Position, Strategy
-from web.auth import Principal
 from web.dashboard.health import short_error
 from web.dashboard.overview import db_now
-from web.dashboard.render import render, viewer
+from web.dashboard.render import Viewer, render
 
 router = APIRouter()
 UNATTRIBUTED = "unattributed"
@@ -142,6 +141,6 @@ def _summary(name: str, lines: list[Line]) -> dict[str, Any]:
 
 
 @router.get("/positions", response_class=HTMLResponse, include_in_schema=False)
-async def positions_page(request: Request, _: Principal = Depends(viewer)) -> Response:
+async def positions_page(request: Request, _: Viewer) -> Response:
     context = await run_in_threadpool(_read, request.app.state.runtime)
     return render(request, "positions.html", context, page="positions", title="Positions & P&L")

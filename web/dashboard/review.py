@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -15,9 +15,8 @@ from core.errors import InvalidInput, InvalidTransition
 from core.states import TRANSITIONS, OrderState
 from db.models import Order, ReviewItem
 from db.order_manager import OrderManager
-from web.auth import Principal
 from web.dashboard.overview import db_now
-from web.dashboard.render import actor, render, viewer
+from web.dashboard.render import Actor, Viewer, render
 
 router = APIRouter()
 
@@ -52,7 +51,7 @@ def _read(rt: Any) -> dict[str, Any]:
 
 @router.get("/review", response_class=HTMLResponse, include_in_schema=False)
 async def review_page(
-    request: Request, resolved: int | None = None, _: Principal = Depends(viewer)
+    request: Request, _: Viewer, resolved: int | None = None
 ) -> Response:
     context = await run_in_threadpool(_read, request.app.state.runtime)
     context["notice"] = f"Review item {resolved} resolved." if resolved else None
@@ -83,10 +82,10 @@ def resolve_item(rt: Any, item_id: int, note: str, target: OrderState | None, wh
 @router.post("/review/{item_id}/resolve", include_in_schema=False)
 async def resolve(
     request: Request,
+    who: Actor,
     item_id: int,
     note: str = Form("", max_length=2000),
     state: str = Form("", max_length=20),
-    who: Principal = Depends(actor),
 ) -> Response:
     if not 0 < item_id < 2**63:
         raise HTTPException(404, "no such review item")

@@ -20,7 +20,7 @@ def safe_next(target: str | None) -> str:
 
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
-async def sign_in_page(request: Request, next: str | None = None) -> Response:  # noqa: A002
+async def sign_in_page(request: Request, next: str | None = None) -> Response:
     target = safe_next(next)
     if request.cookies.get(auth.SESSION_COOKIE):
         try:

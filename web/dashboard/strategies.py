@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
@@ -14,9 +14,8 @@ from core.errors import InvalidInput
 from core.signals import STRATEGY_PATTERN
 from db import strategies as store
 from db.models import Order, Strategy, TickerOwnership
-from web.auth import Principal
 from web.dashboard.overview import db_now
-from web.dashboard.render import actor, render, viewer
+from web.dashboard.render import Actor, Viewer, render
 
 router = APIRouter()
 SAVED = {"priority": "Priority saved", "on": "Strategy switched on", "off": "Strategy switched off"}
@@ -49,8 +48,7 @@ def _read(rt: Any) -> dict[str, Any]:
 
 @router.get("/strategies", response_class=HTMLResponse, include_in_schema=False)
 async def strategies_page(
-    request: Request, saved: str | None = None, name: str | None = None,
-    _: Principal = Depends(viewer),
+    request: Request, _: Viewer, saved: str | None = None, name: str | None = None,
 ) -> Response:  # fmt: skip
     context = await run_in_threadpool(_read, request.app.state.runtime)
     known = {row["strategy"].name for row in context["rows"]}
@@ -89,9 +87,9 @@ async def _failed(request: Request, message: str) -> Response:
 @router.post("/strategies/{name}/priority", include_in_schema=False)
 async def change_priority(
     request: Request,
+    who: Actor,
     name: str,
     priority: str = Form(..., max_length=12),
-    who: Principal = Depends(actor),
 ) -> Response:
     name = _name(name)
     try:
@@ -99,7 +97,7 @@ async def change_priority(
         if not 0 <= value <= 1_000_000:
             raise ValueError
     except ValueError:
-        return await _failed(request, f"Priority for {name} must be a whole number 0–1,000,000.")
+        return await _failed(request, f"Priority for {name} must be a whole number 0 to 1,000,000.")
     try:
         await run_in_threadpool(_set_priority, request.app.state.runtime, name, value, who.name)
     except InvalidInput as exc:
@@ -110,9 +108,9 @@ async def change_priority(
 @router.post("/strategies/{name}/active", include_in_schema=False)
 async def switch(
     request: Request,
+    who: Actor,
     name: str,
     active: bool = Form(...),
-    who: Principal = Depends(actor),
 ) -> Response:
     name = _name(name)
     try:
