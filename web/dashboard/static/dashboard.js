@@ -192,7 +192,10 @@
     var tr = document.createElement("tr");
     tr.dataset.eventId = e.id;
     tr.className = "new";
-    cell(tr, "Seq", e.seq != null ? String(e.seq) : "", "num");
+    var seq = document.createElement("span");
+    seq.className = "live-tag"; seq.title = "arrived over the live stream";
+    seq.textContent = e.seq != null ? String(e.seq) : "live";
+    cell(tr, "Seq", seq, "num");
     var when = e.occurred_at ? new Date(e.occurred_at) : null;
     var t = document.createElement("time");
     if (when && !isNaN(when)) { t.dateTime = e.occurred_at; t.textContent = fmtTime(when); } else { t.textContent = "—"; }
@@ -269,6 +272,8 @@
       setBanner("live");
     };
     source.onmessage = onEvent;
+    // The server could not resume after our last event (purged from the history): re-read.
+    source.addEventListener("resync", function () { if (feed) location.reload(); else refreshAll(); });
     (body.dataset.eventTypes || "").split(",").forEach(function (t) { if (t) source.addEventListener(t, onEvent); });
     source.onerror = function () {
       if (downSince === null) downSince = Date.now();
