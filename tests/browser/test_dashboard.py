@@ -208,6 +208,25 @@ def test_every_page_fits_a_375px_screen(
     live(browser)
     screenshot(browser, "conflicts-phone")
 
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    for path, name in (("/", "overview"), ("/ownership", "ownership"),
+                       ("/positions", "positions"), (f"/orders/{first.id}", "order-detail")):
+        browser.get(stack.url + path)
+        live(browser)
+        screenshot(browser, name)
+
+    # A browser whose clock runs 40 days fast still counts NVDA's 90-day lock down from ~90.
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "const RealDate = Date; const skew = 40 * 86400 * 1000;"
+        "Date = class extends RealDate { constructor(...a) { a.length ? super(...a) : "
+        "super(RealDate.now() + skew); } static now() { return RealDate.now() + skew; } };")})
+    browser.get(stack.url + "/ownership")
+    live(browser)
+    assert browser.execute_script("return new Date().getTime() - performance.timeOrigin") > 3e9
+    countdown = browser.find_element(By.CSS_SELECTOR, 'tr[data-ticker="NVDA"] .countdown')
+    time.sleep(1.2)  # at least one tick of the page's own timer
+    assert countdown.text.startswith("89d"), countdown.text
+
 
 def test_the_page_catches_up_after_the_stream_drops(
     stack: WebServer, admin_token: str, browser: WebDriver, client: SignalClient, db: Database

@@ -312,7 +312,9 @@
         .then(function (res) {
           if (res.ok) { location.href = signin.elements.next.value || "/"; return; }
           return res.json().catch(function () { return {}; }).then(function (data) {
-            err.textContent = res.status === 429 ? "Too many wrong tokens: " + (data.detail || "wait and try again") : (data.detail || "That token was not accepted.");
+            err.textContent = res.status === 429 ? "Too many wrong tokens: " + (data.detail || "wait and try again")
+              : res.status === 401 ? "That token was not accepted (" + (data.detail || "unknown or revoked") + ")."
+              : "Sign-in failed: " + (data.detail || ("HTTP " + res.status));
             err.hidden = false; btn.disabled = false; btn.textContent = "Sign in";
             signin.elements.token.select();
           });
