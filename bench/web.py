@@ -112,7 +112,7 @@ def start_web(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[byt
              "--port", str(port), "--log-level", "warning"],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a loaded machine imports slowly
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
