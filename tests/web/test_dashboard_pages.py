@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
@@ -18,6 +19,16 @@ from tests.web import seed
 PAGES = ("/", "/ownership", "/conflicts", "/orders", "/positions", "/review", "/strategies",
          "/events")  # fmt: skip
 SCRIPT = "<script>alert(1)</script>"
+
+
+@pytest.fixture(autouse=True)
+def _no_sign_in_block(redis_url: str) -> None:
+    """Other tests' wrong tokens (same client address) must not block these sign-ins."""
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter("arbiter:web:signin-*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def sign_in(api: TestClient, token: str) -> str:
