@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
 from core.events import Event, EventType
-from core.signals import STRATEGY_PATTERN
+from core.signals import STRATEGY_PATTERN, is_name
 from core.strategies import Horizon
 from db.models import Strategy
 from db.outbox import emit
@@ -39,7 +39,7 @@ def add_strategy(
     display_name: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> Strategy:
-    if not STRATEGY_PATTERN.match(name):
+    if not is_name(STRATEGY_PATTERN, name):
         raise InvalidInput(f"strategy name {name!r}: use lowercase letters, digits and _")
     if horizon not in {h.value for h in Horizon}:
         raise InvalidInput(f"horizon {horizon!r}: use short, medium or long")

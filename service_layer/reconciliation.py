@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,7 @@ from core.brokerage import Brokerage, BrokerOrder, Side
 from core.errors import ArbiterError, BrokerageProtocolError, BrokerageUnavailable
 from core.events import Event, EventType
 from core.states import OrderState, is_terminal
+from db.clock import db_now
 from db.engine import Database
 from db.models import (
     Order,
@@ -130,7 +131,6 @@ def reconcile_open_orders(
     brokerage: Brokerage,
     *,
     never_received_grace_s: float,
-    now: datetime | None = None,
     cancel_race_window_s: float = CANCEL_RACE_WINDOW_S,
     actor: str = ACTOR,
     after_first_commit: Callable[[], None] | None = None,
@@ -138,10 +138,10 @@ def reconcile_open_orders(
     """Bring every order the brokerage may hold in line with it; see the module docstring.
     `after_first_commit` runs once the first order of the pass is committed (the Celery task
     hangs its `mid_reconciliation` crash point there)."""
-    now = now or datetime.now(UTC)
     report = ReconcileReport()
     counter = _CallCounter(brokerage)
     with database.unit_of_work() as uow:
+        now = db_now(uow.session)  # every age below is on the database's clock
         candidates = _candidates(uow.session, now - timedelta(seconds=cancel_race_window_s))
 
     counter.tick()

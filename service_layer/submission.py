@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage, BrokerOrder, OrderRequest, OrderType, Side, TimeInForce
@@ -86,7 +86,8 @@ def begin_submit(
         release_unfilled_claim(session, order)
         return None
     attempt = order.submit_attempts + 1
-    manager.update(order, submit_attempts=attempt, last_submit_at=datetime.now(UTC))
+    # The database's clock: reconciliation compares it with its own now(), never a worker's.
+    manager.update(order, submit_attempts=attempt, last_submit_at=func.now())
     return SubmitPlan(request_for(order), attempt)
 
 
