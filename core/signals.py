@@ -6,7 +6,7 @@ import math
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeGuard
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -33,7 +33,7 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
 
 
-def is_name(pattern: re.Pattern[str], value: object) -> TypeGuard[str]:
+def is_name(pattern: re.Pattern[str], value: object) -> bool:
     """`value` is a str matching `pattern` whole, in ASCII."""
     return isinstance(value, str) and value.isascii() and pattern.fullmatch(value) is not None
 
@@ -89,14 +89,14 @@ class Signal(BaseModel):
     @classmethod
     def _strategy(cls, value: object) -> str:
         if is_name(STRATEGY_PATTERN, value):
-            return value
+            return str(value)
         raise ValueError("must be a strategy name like 'long_term' (lowercase, a-z0-9_)")
 
     @field_validator("signal_id", mode="before")
     @classmethod
     def _signal_id(cls, value: object) -> str:
         if is_name(SIGNAL_ID_PATTERN, value):
-            return value
+            return str(value)
         raise ValueError("must be 1-100 characters of A-Z a-z 0-9 _ . : -")
 
     @field_validator("ticker", mode="before")

@@ -25,7 +25,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
     """Ownership decision and claim, in one transaction under the ticker's lock."""
     manager = OrderManager(session)
     order = manager.lock(order_id)
-    if order.state != S.VALIDATING.value:
+    if order.state != S.VALIDATING.value or order.needs_manual_review:  # see validation
         return order.id
     assert order.ticker is not None and order.side is not None and order.quantity is not None
     if kill_switch_on(session):
