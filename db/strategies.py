@@ -99,3 +99,9 @@ def set_active(session: Session, name: str, active: bool, reason: str) -> Strate
     )
     session.flush()
     return strategy
+
+
+def signing_keys(session: Session) -> dict[str, str]:
+    """Every strategy's signing key by name (for a process that runs several strategies:
+    the demo, the chaos runner, tests)."""
+    return dict(session.execute(select(Strategy.name, Strategy.signing_key)).tuples().all())

@@ -34,6 +34,7 @@ from core.settings import Settings
 from core.states import TERMINAL_STATES
 from db.engine import Database
 from db.models import Base, ConflictLog, EventRecord, Order, Position, TickerOwnership
+from db.strategies import signing_keys
 
 SEED = 7
 SETTLE_TIMEOUT_S = 120.0
@@ -323,6 +324,8 @@ def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: 
                       "the three scenarios may not read as in an empty store: try --fresh")
         run_id = f"demo-{datetime.now(UTC):%H%M%S}-{secrets.token_hex(2)}"
         plans = demo_strategies.plan(total, seed, run_id)
+        with database.unit_of_work() as uow:
+            keys = signing_keys(uow.session)  # each strategy process signs with its own key
         started_at = datetime.now(UTC)
         progress = Progress(total)
         started = time.monotonic()
@@ -333,7 +336,7 @@ def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: 
             context.Process(
                 target=demo_strategies.run_strategy, name=f"strategy-{name}", daemon=True,
                 args=(name, urls["ARBITER_REDIS_URL"], demo_strategies.as_messages(plan), go,
-                      updates, 0.2),
+                      updates, 0.2, keys[name]),
             )
             for name, plan in plans.items()
         ]  # fmt: skip
