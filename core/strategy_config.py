@@ -51,7 +51,7 @@ class StrategyConfig(BaseModel):
     def stored(self) -> dict[str, Any]:
         """The JSON kept in strategies.config (numbers as JSON numbers or strings)."""
         limits = {
-            key: (str(value) if isinstance(value, Decimal) else value)
+            key: _json_number(value)
             for key, value in self.limits.model_dump(exclude_none=True).items()
         }
         days = float(self.ownership_lock_days)
@@ -59,3 +59,10 @@ class StrategyConfig(BaseModel):
         if limits:
             result["limits"] = limits
         return result
+
+
+def _json_number(value: Any) -> Any:
+    """A whole Decimal as a JSON integer, a fraction as its exact string."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
+    return value

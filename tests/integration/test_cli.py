@@ -203,7 +203,12 @@ def test_strategies_add_and_change_priority(cli: Invoke) -> None:
         (["add", "x", "--priority", "1", "--horizon", "short", "--limits", '{"max_qty": 1}'],
          "unknown limit"),
         (["add", "x", "--priority", "1", "--horizon", "short",
-          "--limits", '{"max_order_quantity": -5}'], "positive number"),
+          "--limits", '{"max_order_quantity": -5}'], "greater than 0"),
+        # Issue 13 (6): these were stored, then raised inside validate on every signal.
+        (["add", "x", "--priority", "1", "--horizon", "short",
+          "--limits", '{"max_open_orders": "1e3"}'], "max_open_orders"),
+        (["add", "x", "--priority", "1", "--horizon", "short", "--lock-days", "1e10"],
+         "ownership_lock_days"),
         (["priority", "nobody", "5"], "unknown strategy"),
         (["deactivate", "nobody"], "unknown strategy"),
     ],
