@@ -100,7 +100,9 @@ def intake(
     except DBAPIError as exc:
         # The database will never take this signal (a constraint, a value out of range):
         # rejected with the reason, so that it is neither retried nor resent for ever.
-        reason = f"cannot be stored: {type(exc.orig or exc).__name__}: {exc.orig or exc}"
+        cause = exc.orig or exc
+        first_line = (str(cause).strip().splitlines() or [""])[0]
+        reason = f"cannot be stored: {type(cause).__name__}: {first_line}"
         log.warning("signal %s refused by the database: %s", signal.client_order_id, reason)
         return _refuse(
             manager, raw, signal.strategy, f"unstorable-{message_id}"[:128], reason, actor

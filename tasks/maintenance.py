@@ -24,8 +24,9 @@ from redis.exceptions import LockError
 from sqlalchemy import select
 
 from core.events import Event, EventType
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from db.clock import db_now
+from db.engine import Database
 from db.models import Order, ReviewItem
 from db.outbox import emit
 from service_layer import position_check, recovery
@@ -124,15 +125,23 @@ def recover_stalled() -> dict[str, Any]:
     with exclusive(routing.RECOVER_STALLED, _lock_timeout()) as held:
         if not held:
             return SKIPPED
-        # What merely waits behind a backlog is not stalled: its age is added to the threshold.
-        waiting_s = backlog.oldest_waiting_s(rt.redis, PIPELINE_QUEUES)
-        if waiting_s:
-            waiting_s += rt.settings.recover_stalled_interval_s  # the watch's resolution
-        found = recovery.find_stalled(
-            rt.database, stalled_after_s=rt.settings.stalled_after_s + waiting_s
-        )
-        redrive(recover_stalled.app, found.redrive)
-        resent, dead = resend_lost_signals(recover_stalled.app, waiting_s=waiting_s)
+        return sweep(recover_stalled.app, rt.database, rt.redis, rt.settings)
+
+
+PIPELINE_QUEUES = (routing.SIGNALS_QUEUE, routing.ORDERS_QUEUE)
+
+
+def sweep(
+    app: Celery, database: Database, client: redis.Redis, settings: Settings
+) -> dict[str, Any]:
+    """Re-drive stalled orders and resend lost signals; what merely waits behind a backlog is
+    not stalled, so the backlog's age is added to every threshold."""
+    waiting_s = backlog.oldest_waiting_s(client, PIPELINE_QUEUES)
+    if waiting_s:
+        waiting_s += settings.recover_stalled_interval_s  # the watch's resolution
+    found = recovery.find_stalled(database, stalled_after_s=settings.stalled_after_s + waiting_s)
+    redrive(app, found.redrive)
+    resent, dead = resend_lost_signals(app, database, client, settings, waiting_s=waiting_s)
     return {
         "redriven": len(found.redrive),
         "flagged": found.flagged + dead,
@@ -141,18 +150,21 @@ def recover_stalled() -> dict[str, Any]:
     }
 
 
-PIPELINE_QUEUES = (routing.SIGNALS_QUEUE, routing.ORDERS_QUEUE)
-
-
-def resend_lost_signals(app: Celery, *, waiting_s: float = 0.0) -> tuple[int, int]:
+def resend_lost_signals(
+    app: Celery,
+    database: Database,
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    waiting_s: float = 0.0,
+) -> tuple[int, int]:
     """Signals the client noted but intake never recorded (strategy_client/pending.py): those
     with an order already are forgotten, the others enqueued again; one resent
     `pending_max_resends` times goes to review instead (a dead letter). (resent, dead)."""
-    rt = runtime()
-    overdue = pending.overdue(rt.redis, older_than_s=2 * rt.settings.stalled_after_s + waiting_s)
+    overdue = pending.overdue(client, older_than_s=2 * settings.stalled_after_s + waiting_s)
     if not overdue:
         return 0, 0
-    with rt.database.unit_of_work() as uow:
+    with database.unit_of_work() as uow:
         recorded = set(
             uow.session.scalars(
                 select(Order.client_order_id).where(Order.client_order_id.in_(list(overdue)))
@@ -161,22 +173,22 @@ def resend_lost_signals(app: Celery, *, waiting_s: float = 0.0) -> tuple[int, in
     resent = dead = 0
     for client_order_id, entry in overdue.items():
         if client_order_id in recorded:
-            pending.forget(rt.redis, client_order_id)
+            pending.forget(client, client_order_id)
             continue
-        if entry.resends >= rt.settings.pending_max_resends:
-            _dead_letter(client_order_id, entry)
-            pending.forget(rt.redis, client_order_id)
+        if entry.resends >= settings.pending_max_resends:
+            _dead_letter(database, client_order_id, entry)
+            pending.forget(client, client_order_id)
             dead += 1
             continue
         log.warning("signal %s was never recorded: enqueueing it again", client_order_id)
         # Restarts its clock and counts the resend.
-        pending.remember(rt.redis, client_order_id, entry.message, resends=entry.resends + 1)
+        pending.remember(client, client_order_id, entry.message, resends=entry.resends + 1)
         routing.send_pipeline(app, entry.message)
         resent += 1
     return resent, dead
 
 
-def _dead_letter(client_order_id: str, entry: pending.Entry) -> None:
+def _dead_letter(database: Database, client_order_id: str, entry: pending.Entry) -> None:
     """A signal intake never recorded after every resend: a review item and an event."""
     reason = (
         f"signal {client_order_id} was resent {entry.resends} times and never recorded: "
@@ -185,7 +197,7 @@ def _dead_letter(client_order_id: str, entry: pending.Entry) -> None:
     log.error("%s", reason)
     message = entry.message if isinstance(entry.message, dict) else {}
     ticker = message.get("ticker") if isinstance(message.get("ticker"), str) else None
-    with runtime().database.unit_of_work() as uow:
+    with database.unit_of_work() as uow:
         details = {"client_order_id": client_order_id, "message": jsonable_message(message)}
         uow.session.add(
             ReviewItem(
