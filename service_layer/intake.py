@@ -25,7 +25,13 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidSignal
-from core.signals import Signal, client_order_id_for
+from core.signals import (
+    SIGNAL_ID_PATTERN,
+    STRATEGY_PATTERN,
+    Signal,
+    client_order_id_for,
+    is_name,
+)
 from core.signing import split
 from core.states import OrderState
 from db.models import Order, Strategy
@@ -147,15 +153,13 @@ def _within(session: Session, strategy: Strategy | None, per_minute: int) -> boo
 
 
 def _identity_of(raw: Any, message_id: str) -> tuple[str, str]:
-    """Key for a malformed signal: its message id (stable across redeliveries), never the
-    signal_id it names, which an unsigned message must not be able to take."""
+    """Best-effort key for a malformed signal, so that a redelivery (or the strategy sending
+    it again) maps to the same row."""
     strategy = raw.get("strategy") if isinstance(raw, dict) else None
-    strategy = (
-        strategy
-        if isinstance(strategy, str) and strategy.isprintable() and 0 < len(strategy) <= 64
-        else "unknown"
-    )
-    return strategy, f"malformed-{message_id}"[:128]
+    signal_id = raw.get("signal_id") if isinstance(raw, dict) else None
+    name = str(strategy) if is_name(STRATEGY_PATTERN, strategy) else "unknown"
+    key = str(signal_id) if is_name(SIGNAL_ID_PATTERN, signal_id) else f"malformed-{message_id}"
+    return name, key[:128]
 
 
 def _json_safe(raw: Any) -> Any:

@@ -94,8 +94,8 @@ class ChaosConfig:
     concurrency: int = 2
     send_rate: float = 6.0  # signals per second, all strategies together
     settle_bound_s: float = 120.0  # I2: after the faults stop
-    visibility_timeout_s: int = 30
-    task_time_limit_s: int = 25  # below the visibility timeout
+    visibility_timeout_s: int = 40  # above the task time limit plus the longest backoff (13 s)
+    task_time_limit_s: int = 25
     long_stop: bool | None = None  # None: when the fault window exceeds visibility + 15 s
     workdir: Path | None = None
     say: Callable[[str], None] = print
