@@ -3,10 +3,14 @@ Postgres, Redis and the brokerage simulator. Each failed on the code before the 
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -36,7 +40,7 @@ from strategy_client.client import SignalClient
 from strategy_client.subscriber import EventSubscriber
 from tasks import backlog
 from tests.fixtures.keys import db_keys, signed
-from tests.fixtures.simulator import Simulator
+from tests.fixtures.simulator import REPO_ROOT, Simulator
 from tests.integration.test_reconcile import backdate, build_order, order_row, place
 
 S = OrderState
@@ -178,6 +182,43 @@ def test_a_submitting_worker_an_hour_behind_does_not_get_its_order_failed(
 
     assert report.failed_never_received == 0
     assert order_row(db, order_id).state == S.ORDER_PENDING.value  # its POST may be on the way
+
+
+FAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+SUBMITTING_WORKER = """
+import sys, datetime
+from db.engine import Database
+from service_layer.submission import begin_submit
+database = Database(sys.argv[1], pool_size=1)
+with database.unit_of_work() as uow:
+    assert begin_submit(uow.session, int(sys.argv[2])) is not None
+    uow.commit()
+print(datetime.datetime.now(datetime.UTC).isoformat())
+"""
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="needs libfaketime (apt install libfaketime)")
+def test_a_submitting_process_whose_clock_is_an_hour_behind_does_not_get_its_order_failed(
+    db: Database, migrated_database_url: str, simulator: Simulator, brokerage: AlpacaBrokerage
+) -> None:
+    order_id = _pending_order(db, _raw("faketime-1"))
+    env = {
+        **os.environ,
+        "LD_PRELOAD": str(FAKETIME),
+        "FAKETIME": "-1h",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SUBMITTING_WORKER, migrated_database_url, str(order_id)],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    its_clock = datetime.fromisoformat(done.stdout.strip().splitlines()[-1])
+    assert its_clock < datetime.now(UTC) - timedelta(minutes=55)  # the process ran an hour off
+
+    report = reconciliation.reconcile_open_orders(db, brokerage, never_received_grace_s=60)
+
+    assert report.failed_never_received == 0
+    assert order_row(db, order_id).state == S.ORDER_PENDING.value
 
 
 def test_a_stalled_sweep_an_hour_ahead_redrives_nothing_young(
