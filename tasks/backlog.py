@@ -32,8 +32,9 @@ def _head_id(raw: bytes | str | None) -> str | None:
         return "unreadable:" + str(hash(raw))
 
 
-def oldest_waiting_s(client: redis.Redis, queues: Iterable[str]) -> float:
-    """Seconds the oldest waiting pipeline message has been seen waiting (0 when none)."""
+def oldest_waiting_s(client: redis.Redis, queues: Iterable[str]) -> float | None:
+    """Seconds the oldest waiting pipeline message has been seen waiting (0 when first seen
+    now), or None when nothing waits."""
     now = server_time(client)
     current: set[str] = set()
     for queue in queues:
@@ -54,5 +55,6 @@ def oldest_waiting_s(client: redis.Redis, queues: Iterable[str]) -> float:
         for key, first_seen in fresh.items():
             pipe.hset(WATCH_KEY, key, first_seen)
         pipe.execute()
-    ages = [now - seen[key] for key in current if key in seen]
-    return max(ages, default=0.0)
+    if not current:
+        return None
+    return max((now - seen[key] for key in current if key in seen), default=0.0)

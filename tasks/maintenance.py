@@ -136,9 +136,11 @@ def sweep(
 ) -> dict[str, Any]:
     """Re-drive stalled orders and resend lost signals; what merely waits behind a backlog is
     not stalled, so the backlog's age is added to every threshold."""
-    waiting_s = backlog.oldest_waiting_s(client, PIPELINE_QUEUES)
-    if waiting_s:
-        waiting_s += settings.recover_stalled_interval_s  # the watch's resolution
+    seen_waiting_s = backlog.oldest_waiting_s(client, PIPELINE_QUEUES)
+    # A backlog first seen now may be as old as one sweep interval (the watch's resolution).
+    waiting_s = (
+        0.0 if seen_waiting_s is None else seen_waiting_s + settings.recover_stalled_interval_s
+    )
     found = recovery.find_stalled(database, stalled_after_s=settings.stalled_after_s + waiting_s)
     redrive(app, found.redrive)
     resent, dead = resend_lost_signals(app, database, client, settings, waiting_s=waiting_s)
