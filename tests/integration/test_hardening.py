@@ -331,7 +331,9 @@ def test_an_order_waiting_behind_a_deep_queue_is_not_redriven(
         rclient.lpush(routing.SIGNALS_QUEUE, json.dumps(waiting))
     backlog.oldest_waiting_s(rclient, [routing.SIGNALS_QUEUE])  # a first sweep saw the queue
     backdate(db, built.id, 5)  # older than stalled_after_s, younger than the backlog
-    rclient.hset(backlog.WATCH_KEY, "q:task-0", float(rclient.time()[0]) - 30)
+    rclient.hset(
+        backlog.WATCH_KEY, f"q:{routing.SIGNALS_QUEUE}:task-0", float(rclient.time()[0]) - 30
+    )
 
     result = sweep(app, db, rclient, settings)
 
