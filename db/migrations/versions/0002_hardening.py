@@ -1,7 +1,7 @@
 """hardening: a signing key per strategy, an index for the untrusted intake bucket
 
 Revision ID: 0002
-Revises: 0001
+Revises: 0005
 Create Date: 2026-11-29 19:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002"
-down_revision: str | None = "0001"
+down_revision: str | None = "0005"
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
