@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -15,6 +15,7 @@ from core.brokerage import Brokerage
 from core.events import Event, EventType
 from core.settings import Settings
 from core.states import OrderState
+from db.clock import db_now
 from db.engine import Database
 from db.models import (
     Order,
@@ -45,22 +46,20 @@ class StalledReport:
     flagged: int = 0
 
 
-def recover_stalled(
-    database: Database, *, stalled_after_s: float, now: datetime | None = None
-) -> list[tuple[int, str]]:
+def recover_stalled(database: Database, *, stalled_after_s: float) -> list[tuple[int, str]]:
     """(order id, pipeline step to resume from) for orders stuck before submission; see
     NEXT_STEP (the step `validate` is the task `arbiter.validate`). An order re-driven
     MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead."""
-    return find_stalled(database, stalled_after_s=stalled_after_s, now=now).redrive
+    return find_stalled(database, stalled_after_s=stalled_after_s).redrive
 
 
-def find_stalled(
-    database: Database, *, stalled_after_s: float, now: datetime | None = None
-) -> StalledReport:
-    now = now or datetime.now(UTC)
-    cutoff = now - timedelta(seconds=stalled_after_s)
+def find_stalled(database: Database, *, stalled_after_s: float) -> StalledReport:
+    """Ages by the database's clock. An order flagged for review is a human's: never
+    re-driven."""
     result = StalledReport()
     with database.unit_of_work() as uow:
+        now = db_now(uow.session)
+        cutoff = now - timedelta(seconds=stalled_after_s)
         stalled = list(
             uow.session.scalars(
                 select(Order.id)
