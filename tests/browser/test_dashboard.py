@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -27,7 +28,9 @@ pytestmark = [pytest.mark.system, pytest.mark.browser]
 
 
 def wait(driver: WebDriver, timeout: float = 30) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1)
+    # A live region may be swapped between finding a row and reading it: look again.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,))
 
 
 def sign_in(driver: WebDriver, web: WebServer, token: str, next_path: str = "/") -> None:
@@ -134,15 +137,15 @@ def test_raising_a_priority_in_the_ui_decides_the_next_conflict(
     mark_page(browser)
     second = client.submit_signal("aggressive", "TSLA", "buy", 5, signal_id="ag-tsla-2")
 
-    def decided(d: WebDriver) -> str | None:
-        rows = conflict_rows(d, "TSLA")
-        return rows[0].text if rows and len(rows) >= 2 else None
+    def decided(d: WebDriver) -> list[str] | None:
+        rows = [row.text for row in conflict_rows(d, "TSLA")]
+        return rows if len(rows) >= 2 else None
 
-    newest = wait(browser).until(decided)
+    newest, earlier = wait(browser).until(decided)[:2]
     assert not_reloaded(browser)
     assert "PRIORITY OVERRIDE" in newest.upper()
     assert "75" in newest and "50" in newest
-    assert "PRIORITY OVERRIDE" not in conflict_rows(browser, "TSLA")[1].text.upper()
+    assert "PRIORITY OVERRIDE" not in earlier.upper()
     with db.unit_of_work() as uow:
         log = uow.session.scalar(select(ConflictLog).order_by(ConflictLog.id.desc()))
         assert log is not None and log.resolution == "priority_override"
