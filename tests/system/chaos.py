@@ -242,6 +242,7 @@ class Stack:
         self.workers: list[CeleryProcess] = []
         self.beats: list[CeleryProcess] = []
         self._started: list[CeleryProcess] = []
+        self.incidents: list[str] = []
 
     @property
     def redis_url(self) -> str:
@@ -291,20 +292,52 @@ class Stack:
         with self.db.unit_of_work() as uow:
             return signing_keys(uow.session)
 
-    def new_worker(self, index: int, extra: dict[str, str] | None = None) -> CeleryProcess:
+    def new_worker(self, index: int, extra: dict[str, str] | None = None,
+                   armed: Callable[[], bool] = lambda: False) -> CeleryProcess:
+        """Start worker `index` and wait for its ready line. A worker that dies before that is
+        not the runner's failure: if `armed()` says an injected fault fired, the dead worker
+        is returned (the fault's finish restarts it); otherwise the exit is noted as an
+        incident (a violation in the report) and the worker is started again, up to 3 times."""
         name = f"w{index}"
-        worker = CeleryProcess(
-            ["worker", "-l", "INFO", "-n", f"{name}@%h", "-c", str(self.cfg.concurrency), "-Q",
-             "signals,orders,maintenance", "--without-gossip", "--without-mingle"],
-            {**self.env, **(extra or {})}, self.workdir / f"worker-{name}.log", ready="ready.")
-        self._started.append(worker)
-        return worker.start(timeout=90)
+        for attempt in range(1, 4):
+            worker = CeleryProcess(
+                ["worker", "-l", "INFO", "-n", f"{name}@%h", "-c", str(self.cfg.concurrency),
+                 "-Q", "signals,orders,maintenance", "--without-gossip", "--without-mingle"],
+                {**self.env, **(extra or {})}, self.workdir / f"worker-{name}.log",
+                ready="ready.")
+            self._started.append(worker)
+            if self._start(worker, 90) or armed():
+                return worker
+            if worker.proc is not None and worker.proc.poll() is None:
+                self.incident(f"worker {name} not ready after 90 s (attempt {attempt}); "
+                              "kept running")
+                return worker
+            self.incident(f"worker {name} exited during start-up with no fault armed "
+                          f"(attempt {attempt}, exit {worker.proc and worker.proc.returncode})")
+            extra = None
+        return worker
 
     def new_beat(self, name: str) -> CeleryProcess:
         beat = CeleryProcess(["beat", "-l", "INFO", "-s", str(self.workdir / f"{name}-schedule")],
                              self.env, self.workdir / f"{name}.log", ready="beat: Starting")
         self._started.append(beat)
-        return beat.start()
+        if not self._start(beat, 60):
+            self.incident(f"beat {name} did not start (exit "
+                          f"{beat.proc and beat.proc.poll()}); see {beat.log_path}")
+        return beat
+
+    def _start(self, proc: CeleryProcess, timeout: float) -> bool:
+        """True once `proc` printed its ready line; False if it exited or timed out first."""
+        try:
+            proc.start(timeout=timeout)
+        except RuntimeError:
+            return False
+        return True
+
+    def incident(self, text: str) -> None:
+        """Something the runner did not inject went wrong: reported as a violation."""
+        self.incidents.append(text)
+        self.say(f"[chaos] incident: {text}")
 
     def log_files(self) -> list[Path]:
         return sorted(self.workdir.rglob("*.log"))
@@ -451,8 +484,12 @@ class FaultInjector:
             extra["ARBITER_CRASH_WHOLE_WORKER"] = "1"
         record.details.update(worker=f"w{i}", point=point, nth=nth)
         self.stack.workers[i].kill()
-        self.stack.workers[i] = self.stack.new_worker(i, extra)
         marker = state_dir / f"{point}.fired"
+        # A whole-worker point may fire before the ready line (the worker takes tasks, or runs
+        # its start-up recovery, while it is still starting): that is this fault, not an error.
+        self.stack.workers[i] = self.stack.new_worker(i, extra, armed=marker.exists)
+        if marker.exists():
+            record.details["during_start_up"] = True
 
         def fired() -> bool:
             proc = self.stack.workers[i].proc
@@ -595,6 +632,7 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         violations = [f"I2: {coid} not terminal nor in review {cfg.settle_bound_s:.0f}s after "
                       f"the faults stopped ({state})" for coid, state in unsettled.items()]
         violations += check_invariants(stack.db, stack.sim, sent, seen)
+        violations += [f"runner: {text}" for text in stack.incidents]
         with stack.db.unit_of_work() as uow:
             by_state = Counter(uow.session.scalars(select(Order.state)))
             review = len(list(uow.session.scalars(select(Order.id).where(
@@ -672,20 +710,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signals", type=int, default=300)
     parser.add_argument("--faults", type=int, default=12)
     parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="a sweep: this many consecutive seeds from --seed, one after another")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=float, default=6.0, help="signals per second")
     parser.add_argument("--settle-bound", type=float, default=120.0)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--workdir", type=Path, default=None, help="logs and data (kept)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="the report as JSON (a sweep: one list of reports)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="logs and data (kept; a sweep: one folder per seed inside)")
     args = parser.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    cfg = ChaosConfig(signals=args.signals, faults=args.faults, seed=seed, workers=args.workers,
-                      send_rate=args.rate, settle_bound_s=args.settle_bound, workdir=args.workdir)
-    report = run_chaos(cfg)
-    print(report.format())
-    if args.json:
-        args.json.write_text(json.dumps(report.to_json(), indent=2, default=str))
-    return 1 if report.violations else 0
+    first = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    reports: list[ChaosReport] = []
+    for seed in range(first, first + max(1, args.seeds)):
+        workdir = args.workdir
+        if workdir is not None and args.seeds > 1:
+            workdir = workdir / f"seed-{seed}"
+        cfg = ChaosConfig(signals=args.signals, faults=args.faults, seed=seed,
+                          workers=args.workers, send_rate=args.rate,
+                          settle_bound_s=args.settle_bound, workdir=workdir)
+        report = run_chaos(cfg)
+        reports.append(report)
+        print(report.format(), flush=True)
+        if args.json:
+            data = [r.to_json() for r in reports] if args.seeds > 1 else report.to_json()
+            args.json.write_text(json.dumps(data, indent=2, default=str))
+    if len(reports) > 1:
+        print(f"\nsweep of {len(reports)} seeds from {first}: "
+              f"{sum(not r.violations for r in reports)} clean")
+        for r in reports:
+            print(f"  seed {r.seed}: {len(r.faults)} faults, {r.signals['accepted']} accepted, "
+                  f"{len(r.violations)} violations, {r.timings['total']:.0f}s")
+    return 1 if any(r.violations for r in reports) else 0
 
 
 if __name__ == "__main__":
