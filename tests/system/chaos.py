@@ -63,6 +63,7 @@ from service_layer.reconciliation import reconcile_open_orders
 from strategy_client.subscriber import EventSubscriber
 from tasks.crashpoints import NAMES as CRASH_POINTS
 from tests.fixtures.processes import FAST_MAINTENANCE, CeleryProcess
+from tests.fixtures.rabbitmq import PrivateRabbitMQ
 from tests.fixtures.simulator import REPO_ROOT, Simulator
 from tests.system.invariants import check_invariants
 
@@ -83,6 +84,7 @@ FAULT_WEIGHTS = {
     "second_beat": 0.7,
     "worker_sigstop": 1.0,
 }
+AMQP_FAULT_WEIGHTS = {"rabbitmq_restart": 1.5}  # with RabbitMQ as the broker
 
 
 @dataclass
@@ -97,6 +99,7 @@ class ChaosConfig:
     visibility_timeout_s: int = 40  # above the task time limit plus the longest backoff (13 s)
     task_time_limit_s: int = 25
     long_stop: bool | None = None  # None: when the fault window exceeds visibility + 15 s
+    broker: str = "redis"  # or "amqp": a private RabbitMQ node, restarted as a fault
     workdir: Path | None = None
     say: Callable[[str], None] = print
 
@@ -185,14 +188,14 @@ def _good_args(rng: random.Random, strategy: str, i: int) -> dict[str, Any]:
             "quantity": rng.randint(1, 20), "signal_id": f"chaos-{i}"}
 
 
-def strategy_main(redis_url: str, items: list[dict[str, Any]], start_at: float,
-                  out_path: str, keys: dict[str, str]) -> None:
+def strategy_main(redis_url: str, broker_url: str, items: list[dict[str, Any]],
+                  start_at: float, out_path: str, keys: dict[str, str]) -> None:
     """One strategy process: send each item at its moment; retry an enqueue that fails (Redis
     down) with the same signal_id for up to 90 s. Writes the outcomes as JSON."""
     from core.errors import InvalidSignal
     from strategy_client.client import SignalClient
 
-    client = SignalClient(redis_url, keys=keys)
+    client = SignalClient(redis_url, broker_url, keys=keys)
     results = []
     for item in items:
         time.sleep(max(0.0, start_at + item["at"] - time.time()))
@@ -230,6 +233,7 @@ class Stack:
         self.cfg = cfg
         self.workdir = workdir
         self.redis = EmbeddedRedis(workdir / "redis")
+        self.rabbitmq = PrivateRabbitMQ(workdir / "rabbitmq") if cfg.broker == "amqp" else None
         self.pg: EmbeddedPostgres | None = None
         self.admin_url = ""
         self.db_name = f"arbiter_chaos_{os.getpid()}_{secrets.token_hex(4)}"
@@ -248,8 +252,14 @@ class Stack:
     def redis_url(self) -> str:
         return self.redis.url
 
+    @property
+    def broker_url(self) -> str:
+        return self.rabbitmq.url if self.rabbitmq is not None else self.redis.url
+
     def start(self) -> None:
         self.redis.start()
+        if self.rabbitmq is not None:
+            self.rabbitmq.start()
         if LOCAL_POSTGRES != "embedded" and postgres_reachable(LOCAL_POSTGRES, timeout=1):
             self.admin_url = LOCAL_POSTGRES
         else:
@@ -273,6 +283,7 @@ class Stack:
         env.update(
             ARBITER_DATABASE_URL=self.database_url,
             ARBITER_REDIS_URL=self.redis_url,
+            ARBITER_BROKER_URL=self.broker_url,
             ARBITER_EVENT_CHANNEL_PREFIX=f"arbiter.chaos.{secrets.token_hex(4)}.events",
             ARBITER_BROKERAGE_URL=self.sim.url,
             ARBITER_BROKERAGE_KEY=self.sim.key,
@@ -366,6 +377,9 @@ class Stack:
             shutil.rmtree(self.pg.data_dir, ignore_errors=True)
         with contextlib.suppress(Exception):
             self.redis.stop()
+        if self.rabbitmq is not None:
+            with contextlib.suppress(Exception):
+                self.rabbitmq.stop()
 
 
 # -- the faults --------------------------------------------------------------------------------
@@ -390,10 +404,11 @@ class FaultInjector:
         self.records: list[FaultRecord] = []
         self.active: list[_Active] = []
         # Each kind once (as far as K allows), the rest drawn by weight, at seeded moments.
-        kinds = list(FAULT_WEIGHTS)
+        weights = {**FAULT_WEIGHTS, **(AMQP_FAULT_WEIGHTS if cfg.broker == "amqp" else {})}
+        kinds = list(weights)
         self.rng.shuffle(kinds)
         drawn = kinds[:cfg.faults] + self.rng.choices(
-            kinds, [FAULT_WEIGHTS[k] for k in kinds], k=max(0, cfg.faults - len(kinds)))
+            kinds, [weights[k] for k in kinds], k=max(0, cfg.faults - len(kinds)))
         plan = sorted((round(self.rng.uniform(2.0, window_s), 1), kind) for kind in drawn)
         long_stop = cfg.long_stop
         if long_stop is None:
@@ -433,10 +448,12 @@ class FaultInjector:
         return set().union(*(a.resources for a in self.active)) if self.active else set()
 
     def _can_start(self, kind: str) -> bool:
-        """Worker restarts need Redis: a kill or crash point holds "redis" until its worker is
-        back, and a Redis restart waits for them (and they for it)."""
+        """Worker restarts need Redis (and RabbitMQ, when it is the broker): a kill or crash
+        point holds "redis" and "rabbitmq" until its worker is back, and a broker restart
+        waits for them (and they for it)."""
         busy = self._busy()
-        needs = {"worker_kill": {"redis"}, "crash_point": {"redis"}, "redis_restart": {"redis"},
+        needs = {"worker_kill": {"redis", "rabbitmq"}, "crash_point": {"redis", "rabbitmq"},
+                 "redis_restart": {"redis"}, "rabbitmq_restart": {"rabbitmq"},
                  "pg_terminate": set(), "second_beat": {"beat2"}}.get(kind, set())
         if kind.startswith("sim_"):
             needs = {"sim"}
@@ -470,7 +487,7 @@ class FaultInjector:
         def finish() -> None:
             self.stack.workers[i] = self.stack.new_worker(i)
 
-        return {f"w{i}", "redis"}, self.rng.uniform(0.5, 2.0), finish, None
+        return {f"w{i}", "redis", "rabbitmq"}, self.rng.uniform(0.5, 2.0), finish, None
 
     def _crash_point(self, record: FaultRecord) -> tuple[Any, ...]:
         i = self._worker()
@@ -503,13 +520,23 @@ class FaultInjector:
                 worker.kill()  # still armed: disarm it the hard way
                 self.stack.workers[i] = self.stack.new_worker(i)
 
-        return {f"w{i}", "redis"}, 20.0, finish, fired
+        return {f"w{i}", "redis", "rabbitmq"}, 20.0, finish, fired
 
     def _redis_restart(self, record: FaultRecord) -> tuple[Any, ...]:
         down = self.rng.uniform(1.0, 4.0)
         record.details.update(down_s=round(down, 1))
         self.stack.redis.stop()
         return {"redis"}, down, self.stack.redis.start, None
+
+    def _rabbitmq_restart(self, record: FaultRecord) -> tuple[Any, ...]:
+        """The private RabbitMQ node stopped cleanly (every connection closed, unacked messages
+        back on their queues) and started again on the same port with the same data."""
+        rabbitmq = self.stack.rabbitmq
+        assert rabbitmq is not None
+        down = self.rng.uniform(1.0, 4.0)
+        record.details.update(down_s=round(down, 1))
+        rabbitmq.stop()
+        return {"rabbitmq"}, down, rabbitmq.start, None
 
     def _pg_terminate(self, record: FaultRecord) -> tuple[Any, ...]:
         with psycopg.connect(libpq_url(self.stack.admin_url), autocommit=True) as conn:
@@ -601,8 +628,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         start_at = time.time() + 1.0
         for strategy, items in plan.items():
             proc = context.Process(target=strategy_main, name=f"strategy-{strategy}", args=(
-                stack.redis_url, items, start_at, str(workdir / f"sent-{strategy}.json"),
-                stack.signing_keys()))
+                stack.redis_url, stack.broker_url, items, start_at,
+                str(workdir / f"sent-{strategy}.json"), stack.signing_keys()))
             proc.start()
             senders.append(proc)
         t0 = time.monotonic()
@@ -670,6 +697,8 @@ def _calm(stack: Stack) -> None:
     stack.sim.admin.clear_faults()
     if not stack.redis.is_running():
         stack.redis.start()
+    if stack.rabbitmq is not None and not stack.rabbitmq.is_running():
+        stack.rabbitmq.start()
     for i, beat in enumerate(stack.beats):
         if beat.proc is None or beat.proc.poll() is not None:
             stack.say(f"[chaos] the beat had exited ({beat.proc and beat.proc.returncode}): "
@@ -713,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1,
                         help="a sweep: this many consecutive seeds from --seed, one after another")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--broker", choices=("redis", "amqp"),
+                        default=os.environ.get("ARBITER_TEST_BROKER", "redis"),
+                        help="Celery's broker: the private Redis, or a private RabbitMQ node "
+                             "(default: $ARBITER_TEST_BROKER, else redis)")
     parser.add_argument("--rate", type=float, default=6.0, help="signals per second")
     parser.add_argument("--settle-bound", type=float, default=120.0)
     parser.add_argument("--json", type=Path, default=None,
@@ -727,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         if workdir is not None and args.seeds > 1:
             workdir = workdir / f"seed-{seed}"
         cfg = ChaosConfig(signals=args.signals, faults=args.faults, seed=seed,
-                          workers=args.workers, send_rate=args.rate,
+                          workers=args.workers, send_rate=args.rate, broker=args.broker,
                           settle_bound_s=args.settle_bound, workdir=workdir)
         report = run_chaos(cfg)
         reports.append(report)
