@@ -30,6 +30,7 @@ Invariants, after the faults stop and at most `settle_bound_s` (default 120 s) f
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import multiprocessing
@@ -66,6 +67,7 @@ from tests.fixtures.processes import FAST_MAINTENANCE, CeleryProcess
 from tests.fixtures.rabbitmq import PrivateRabbitMQ
 from tests.fixtures.simulator import REPO_ROOT, Simulator
 from tests.system.invariants import check_invariants
+from tests.system.rss import RssSampler, format_summary
 
 LOCAL_POSTGRES = os.environ.get(
     "ARBITER_TEST_POSTGRES_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -125,6 +127,7 @@ class ChaosReport:
     violations: list[str]
     timings: dict[str, float]
     workdir: str
+    rss: dict[str, Any] = field(default_factory=dict)  # worker memory, see tests/system/rss.py
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -143,6 +146,8 @@ class ChaosReport:
         lines.append(f"in manual review {self.in_review}; brokerage orders "
                      f"{self.brokerage_orders}; events {self.events}")
         lines.append("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.rss:
+            lines.append(format_summary(self.rss))
         lines.append(f"violations ({len(self.violations)}):" if self.violations
                      else "violations: none, I1-I6 held")
         lines += [f"  {v}" for v in self.violations[:200]]
@@ -603,6 +608,7 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
     stack = Stack(cfg, workdir)
     senders: list[Any] = []
     subscriber_thread = None
+    sampler: RssSampler | None = None
     timings: dict[str, float] = {}
     began = time.monotonic()
     try:
@@ -626,6 +632,10 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         window = cfg.signals / cfg.send_rate
         context = multiprocessing.get_context("spawn")
         start_at = time.time() + 1.0
+        offsets = sorted(item["at"] for items in plan.values() for item in items)
+        sampler = RssSampler(
+            pids=lambda: [pid for worker in stack.workers for pid in worker.pids],
+            sent=lambda: bisect.bisect_right(offsets, time.time() - start_at)).start()
         for strategy, items in plan.items():
             proc = context.Process(target=strategy_main, name=f"strategy-{strategy}", args=(
                 stack.redis_url, stack.broker_url, items, start_at,
@@ -649,6 +659,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         unsettled = _wait_settled(stack.db, accepted, cfg.settle_bound_s)
         timings["settle"] = time.monotonic() - settled_at
 
+        sampler.stop()
+        sampler.sample()
         for celery in [*stack.beats, *stack.workers]:
             celery.stop()
         brokerage = stack.sim.brokerage()
@@ -680,8 +692,11 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
             faults=injector.records, orders_by_state=dict(by_state), in_review=review,
             reasons=dict(reasons.most_common(10)),
             brokerage_orders=len(stack.sim.admin.orders()), events=events,
-            violations=violations, timings=timings, workdir=str(workdir))
+            violations=violations, timings=timings, workdir=str(workdir),
+            rss=sampler.summary())
     finally:
+        if sampler is not None:
+            sampler.stop()
         for proc in senders:
             if proc.is_alive():
                 proc.kill()
