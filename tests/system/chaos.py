@@ -128,6 +128,7 @@ class ChaosReport:
     timings: dict[str, float]
     workdir: str
     rss: dict[str, Any] = field(default_factory=dict)  # worker memory, see tests/system/rss.py
+    exits: list[dict[str, Any]] = field(default_factory=list)  # unplanned, restarted
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,6 +149,9 @@ class ChaosReport:
         lines.append("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         if self.rss:
             lines.append(format_summary(self.rss))
+        lines.append(f"unplanned exits, restarted as a supervisor would ({len(self.exits)})"
+                     + "".join(f"\n  {e['at_s']:7.1f}s {e['process']} exit {e['code']}: "
+                               f"{e['error']}" for e in self.exits))
         lines.append(f"violations ({len(self.violations)}):" if self.violations
                      else "violations: none, I1-I6 held")
         lines += [f"  {v}" for v in self.violations[:200]]
@@ -252,6 +256,7 @@ class Stack:
         self.beats: list[CeleryProcess] = []
         self._started: list[CeleryProcess] = []
         self.incidents: list[str] = []
+        self.exits: list[dict[str, Any]] = []  # processes that died with no fault on them
 
     @property
     def redis_url(self) -> str:
@@ -350,6 +355,26 @@ class Stack:
             return False
         return True
 
+    def supervise(self, held: set[str], now_s: float) -> None:
+        """Restart a worker or beat that exited on its own, as `arbiter up`'s supervisor and
+        compose's `restart: unless-stopped` do in production (Celery's worker can exit on a
+        broker restart: kombu's unacked-restore meeting a closed connection). Processes a
+        fault holds are the fault's business. Each such exit is reported, not a violation."""
+        for i, worker in enumerate(self.workers):
+            if f"w{i}" in held or worker.proc is None or worker.proc.poll() is None:
+                continue
+            why = _last_error(worker.log())
+            self.exits.append({"process": f"w{i}", "at_s": now_s,
+                               "code": worker.proc.returncode, "error": why})
+            self.say(f"[chaos] {now_s:7.1f}s w{i} exited on its own ({why}): restarting it")
+            self.workers[i] = self.new_worker(i)
+        for i, beat in enumerate(self.beats):
+            if beat.proc is not None and beat.proc.poll() is not None:
+                self.exits.append({"process": "beat", "at_s": now_s,
+                                   "code": beat.proc.returncode, "error": _last_error(beat.log())})
+                self.say(f"[chaos] {now_s:7.1f}s the beat exited on its own: restarting it")
+                self.beats[i] = self.new_beat(f"beat-again-{len(self.exits)}")
+
     def incident(self, text: str) -> None:
         """Something the runner did not inject went wrong: reported as a violation."""
         self.incidents.append(text)
@@ -431,6 +456,7 @@ class FaultInjector:
         pending = list(self.plan)
         while pending or self.active:
             now = self.now()
+            self.stack.supervise(self._busy(), now)
             for active in list(self.active):
                 if now >= active.end_at or active.done_early() or now > deadline_s:
                     self._end(active)
@@ -656,7 +682,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
                 for r in json.loads((workdir / f"sent-{s}.json").read_text())]
         accepted = {r["coid"] for r in sent if r["outcome"] == "accepted"}
         settled_at = time.monotonic()
-        unsettled = _wait_settled(stack.db, accepted, cfg.settle_bound_s)
+        unsettled = _wait_settled(stack.db, accepted, cfg.settle_bound_s,
+                                  lambda: stack.supervise(set(), injector.now()))
         timings["settle"] = time.monotonic() - settled_at
 
         sampler.stop()
@@ -693,7 +720,7 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
             reasons=dict(reasons.most_common(10)),
             brokerage_orders=len(stack.sim.admin.orders()), events=events,
             violations=violations, timings=timings, workdir=str(workdir),
-            rss=sampler.summary())
+            rss=sampler.summary(), exits=stack.exits)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -727,7 +754,14 @@ def _calm(stack: Stack) -> None:
             stack.workers[i] = stack.new_worker(i)
 
 
-def _wait_settled(db: Database, coids: set[str], bound_s: float) -> dict[str, str]:
+def _last_error(log: str) -> str:
+    """The last CRITICAL or ERROR line of a log, shortened."""
+    lines = [line for line in log.splitlines()[-400:] if " CRITICAL " in line or " ERROR " in line]
+    return lines[-1].split(" ", 3)[-1][:200] if lines else "no error logged"
+
+
+def _wait_settled(db: Database, coids: set[str], bound_s: float,
+                  tick: Callable[[], None] = lambda: None) -> dict[str, str]:
     """Wait until each order is terminal or in review; returns the ones that are not."""
     terminal = {s.value for s in TERMINAL_STATES}
     deadline = time.monotonic() + bound_s
@@ -745,6 +779,7 @@ def _wait_settled(db: Database, coids: set[str], bound_s: float) -> dict[str, st
                         Order.client_order_id.in_(list(missing)))).all())
                 missing = {c: states.get(c, "never recorded") for c in missing}
             return missing
+        tick()
         time.sleep(0.5)
 
 
