@@ -2,19 +2,28 @@
 seeded faults injected while they run; afterwards the invariants I1-I6 are checked.
 
     python -m tests.system.chaos --signals 300 --faults 12 --seed 7 [--json report.json]
+    python -m tests.system.chaos --signals 400 --faults 15 --seed 11271 --seeds 20   # a sweep
+    python -m tests.system.chaos --broker amqp ...                       # RabbitMQ as broker
 
-Stack: a private Redis (arbiter.services.EmbeddedRedis, so it can be stopped and restarted), a
-fresh database on 127.0.0.1:5432 when it answers (else an embedded Postgres), the brokerage
+Stack: a private Redis (arbiter.services.EmbeddedRedis, so it can be stopped and restarted),
+with --broker amqp a private RabbitMQ node (tests/fixtures/rabbitmq.PrivateRabbitMQ, on a free
+port, so it can be stopped and started without touching the machine's shared one), a fresh
+database on 127.0.0.1:5432 when it answers (else an embedded Postgres), the brokerage
 simulator, N worker processes and a beat, all on 127.0.0.1 and all stopped at the end, also on
-failure. An EventSubscriber runs in a thread throughout (I5).
+failure. An EventSubscriber runs in a thread throughout (I5); a sampler records the workers'
+RSS (tests/system/rss.py). A worker or beat that exits with no fault on it is restarted, as
+`arbiter up`'s supervisor and compose's restart policy do, and listed in the report.
 
 Faults (kind, seeded moment, details printed and reported): worker_kill (SIGKILL main + pool,
-then restart), crash_point (a worker restarted with one of tasks/crashpoints.NAMES armed),
-redis_restart (clean stop, start on the same port), pg_terminate (pg_terminate_backend on the
-app's connections), sim_latency, sim_5xx, sim_accept_timeout, second_beat, worker_sigstop
+then restart), crash_point (a worker restarted with one of tasks/crashpoints.NAMES armed; a
+whole-worker point may fire before the worker's ready line, which is the fault, not an error),
+redis_restart (clean stop, start on the same port), rabbitmq_restart (with --broker amqp: the
+node stopped and started with its data), pg_terminate (pg_terminate_backend on the app's
+connections), sim_latency, sim_5xx, sim_accept_timeout, second_beat, worker_sigstop
 (SIGSTOP/SIGCONT for a moment) and, when the fault window is long enough, worker_sigstop_long
-(stopped past the visibility timeout, ARBITER_VISIBILITY_TIMEOUT_S, so its messages are
-redelivered to another worker while it still holds them).
+(stopped past the visibility timeout, ARBITER_VISIBILITY_TIMEOUT_S, so on Redis its messages
+are redelivered to another worker while it still holds them; RabbitMQ has no such timeout and
+waits for it).
 
 Invariants, after the faults stop and at most `settle_bound_s` (default 120 s) for I2:
   I1 one brokerage order per client_order_id; one Arbiter order per (strategy, signal_id)
