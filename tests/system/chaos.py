@@ -39,7 +39,6 @@ Invariants, after the faults stop and at most `settle_bound_s` (default 120 s) f
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import json
 import multiprocessing
@@ -59,7 +58,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from arbiter.services import EmbeddedPostgres, EmbeddedRedis, libpq_url, postgres_reachable
 from core.signals import client_order_id_for
@@ -667,10 +666,9 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         window = cfg.signals / cfg.send_rate
         context = multiprocessing.get_context("spawn")
         start_at = time.time() + 1.0
-        offsets = sorted(item["at"] for items in plan.values() for item in items)
         sampler = RssSampler(
             pids=lambda: [pid for worker in stack.workers for pid in worker.pids],
-            sent=lambda: bisect.bisect_right(offsets, time.time() - start_at)).start()
+            handled=lambda: _orders_recorded(stack)).start()
         for strategy, items in plan.items():
             proc = context.Process(target=strategy_main, name=f"strategy-{strategy}", args=(
                 stack.redis_url, stack.broker_url, items, start_at,
@@ -761,6 +759,12 @@ def _calm(stack: Stack) -> None:
                 os.kill(pid, signal.SIGCONT)
         if worker.proc is None or worker.proc.poll() is not None:
             stack.workers[i] = stack.new_worker(i)
+
+
+def _orders_recorded(stack: Stack) -> int:
+    assert stack.db is not None
+    with stack.db.unit_of_work() as uow:
+        return int(uow.session.scalar(select(func.count()).select_from(Order)) or 0)
 
 
 def _last_error(log: str) -> str:

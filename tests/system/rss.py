@@ -1,5 +1,6 @@
 """Worker memory across a chaos run: the resident set size of every worker process (main and
-pool children), sampled in a thread, and the slope of it against the signals sent so far.
+pool children), sampled in a thread, and the slope of it against the signals handled so far
+(orders recorded: the work done, which goes on after the last send).
 
 A fault restarts workers, which resets their memory; so besides the slope of the total (all
 workers, all processes) the report gives the slope per worker process over its own lifetime,
@@ -24,16 +25,16 @@ MB = 1024 * 1024
 @dataclass
 class RssSample:
     at_s: float
-    sent: int
+    handled: int
     rss: dict[int, int]  # pid -> bytes, every process of every worker
 
 
 @dataclass
 class RssSampler:
-    """`pids()` lists the worker processes now; `sent()` the signals sent so far."""
+    """`pids()` lists the worker processes now; `handled()` the signals handled so far."""
 
     pids: Callable[[], list[int]]
-    sent: Callable[[], int]
+    handled: Callable[[], int]
     every_s: float = 5.0
     samples: list[RssSample] = field(default_factory=list)
 
@@ -55,7 +56,10 @@ class RssSampler:
         for pid in self.pids():
             with contextlib.suppress(psutil.Error):
                 rss[pid] = psutil.Process(pid).memory_info().rss
-        self.samples.append(RssSample(round(time.monotonic() - self._t0, 1), self.sent(), rss))
+        handled = self.samples[-1].handled if self.samples else 0
+        with contextlib.suppress(Exception):  # the database may be away (a fault): keep the last
+            handled = self.handled()
+        self.samples.append(RssSample(round(time.monotonic() - self._t0, 1), handled, rss))
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -66,11 +70,11 @@ class RssSampler:
         usable = [s for s in self.samples if s.rss]
         if len(usable) < 2:
             return {"samples": len(usable)}
-        totals = [(s.sent, sum(s.rss.values()) / MB) for s in usable]
+        totals = [(s.handled, sum(s.rss.values()) / MB) for s in usable]
         per_pid: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for s in usable:
             for pid, value in s.rss.items():
-                per_pid[pid].append((s.sent, value / MB))
+                per_pid[pid].append((s.handled, value / MB))
         lived = sorted(per_pid.items(), key=lambda kv: len(kv[1]), reverse=True)
         longest = [
             {"pid": pid, "samples": len(points), "first_mb": round(points[0][1], 1),
@@ -85,6 +89,9 @@ class RssSampler:
             "total_last_mb": round(totals[-1][1], 1),
             "total_max_mb": round(max(v for _, v in totals), 1),
             "total_mb_per_1000_signals": _slope(totals),
+            # Without the warm-up (imports, connection pools, SQLAlchemy's caches filling).
+            "second_half_mb_per_1000_signals": _slope(totals[len(totals) // 2:]),
+            "signals_handled": totals[-1][0],
             "longest_lived": longest,
         }
 
@@ -93,8 +100,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "total_first_mb" not in summary:
         return f"worker RSS: {summary.get('samples', 0)} samples, too few for a slope"
     lines = [f"worker RSS ({summary['samples']} samples): total {summary['total_first_mb']} -> "
-             f"{summary['total_last_mb']} MB (max {summary['total_max_mb']}), slope "
-             f"{summary['total_mb_per_1000_signals']} MB per 1000 signals"]
+             f"{summary['total_last_mb']} MB (max {summary['total_max_mb']}) over "
+             f"{summary['signals_handled']} signals handled; slope "
+             f"{summary['total_mb_per_1000_signals']} MB per 1000 signals, second half "
+             f"{summary['second_half_mb_per_1000_signals']}"]
     lines += [f"  pid {p['pid']}: {p['first_mb']} -> {p['last_mb']} MB over "
               f"{p['signals_spanned']} signals ({p['samples']} samples), slope "
               f"{p['mb_per_1000_signals']} MB per 1000 signals"
