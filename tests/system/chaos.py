@@ -668,7 +668,7 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         start_at = time.time() + 1.0
         sampler = RssSampler(
             pids=lambda: [pid for worker in stack.workers for pid in worker.pids],
-            handled=lambda: _orders_recorded(stack)).start()
+            handled=lambda: _orders_recorded(stack), log_path=workdir / "rss.jsonl").start()
         for strategy, items in plan.items():
             proc = context.Process(target=strategy_main, name=f"strategy-{strategy}", args=(
                 stack.redis_url, stack.broker_url, items, start_at,

@@ -10,11 +10,13 @@ for the longest-lived ones: a leak shows there as a steady climb however often o
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -36,6 +38,7 @@ class RssSampler:
     pids: Callable[[], list[int]]
     handled: Callable[[], int]
     every_s: float = 5.0
+    log_path: Path | None = None  # each sample appended as a JSON line (read during a long run)
     samples: list[RssSample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -59,7 +62,14 @@ class RssSampler:
         handled = self.samples[-1].handled if self.samples else 0
         with contextlib.suppress(Exception):  # the database may be away (a fault): keep the last
             handled = self.handled()
-        self.samples.append(RssSample(round(time.monotonic() - self._t0, 1), handled, rss))
+        sample = RssSample(round(time.monotonic() - self._t0, 1), handled, rss)
+        self.samples.append(sample)
+        if self.log_path is not None:
+            with self.log_path.open("a") as log:
+                log.write(json.dumps({"at_s": sample.at_s, "handled": handled,
+                                      "total_mb": round(sum(rss.values()) / MB, 1),
+                                      "rss_mb": {p: round(v / MB, 1) for p, v in rss.items()}})
+                          + "\n")
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
