@@ -10,9 +10,10 @@ from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Queue
 
 from core.settings import Settings
-from tasks.app import broker_url, celery_config
-from tasks.client import SignalClient
-from tasks.routing import INTAKE
+from strategy_client.broker import broker_url
+from strategy_client.client import SignalClient
+from strategy_client.routing import INTAKE
+from tasks.app import celery_config
 from tests.fixtures.rabbitmq import RabbitVhost, amqp_reachable
 
 
