@@ -265,6 +265,7 @@ class Stack:
         self._started: list[CeleryProcess] = []
         self.incidents: list[str] = []
         self.exits: list[dict[str, Any]] = []  # processes that died with no fault on them
+        self._seen_exits: set[int] = set()
 
     @property
     def redis_url(self) -> str:
@@ -338,8 +339,7 @@ class Stack:
             if self._start(worker, 90) or armed():
                 return worker
             if worker.proc is not None and worker.proc.poll() is None:
-                self.incident(f"worker {name} not ready after 90 s (attempt {attempt}); "
-                              "kept running")
+                self.say(f"[chaos] worker {name} not ready after 90 s: kept running")
                 return worker
             self.incident(f"worker {name} exited during start-up with no fault armed "
                           f"(attempt {attempt}, exit {worker.proc and worker.proc.returncode})")
@@ -367,17 +367,25 @@ class Stack:
         """Restart a worker or beat that exited on its own, as `arbiter up`'s supervisor and
         compose's `restart: unless-stopped` do in production (Celery's worker can exit on a
         broker restart: kombu's unacked-restore meeting a closed connection). Processes a
-        fault holds are the fault's business. Each such exit is reported, not a violation."""
+        fault holds are the fault's business, and while a fault holds Redis or RabbitMQ the
+        restart waits for it (a worker cannot start without them, and the runner must not block
+        the fault's end). Each such exit is reported, not a violation."""
         for i, worker in enumerate(self.workers):
             if f"w{i}" in held or worker.proc is None or worker.proc.poll() is None:
                 continue
             why = _last_error(worker.log())
-            self.exits.append({"process": f"w{i}", "at_s": now_s,
-                               "code": worker.proc.returncode, "error": why})
-            self.say(f"[chaos] {now_s:7.1f}s w{i} exited on its own ({why}): restarting it")
+            if id(worker) not in self._seen_exits:
+                self._seen_exits.add(id(worker))
+                self.exits.append({"process": f"w{i}", "at_s": now_s,
+                                   "code": worker.proc.returncode, "error": why})
+                self.say(f"[chaos] {now_s:7.1f}s w{i} exited on its own ({why})")
+            if held & {"redis", "rabbitmq"}:
+                continue
+            self.say(f"[chaos] {now_s:7.1f}s restarting w{i}")
             self.workers[i] = self.new_worker(i)
         for i, beat in enumerate(self.beats):
-            if beat.proc is not None and beat.proc.poll() is not None:
+            if beat.proc is not None and beat.proc.poll() is not None and not (
+                    held & {"redis", "rabbitmq"}):
                 self.exits.append({"process": "beat", "at_s": now_s,
                                    "code": beat.proc.returncode, "error": _last_error(beat.log())})
                 self.say(f"[chaos] {now_s:7.1f}s the beat exited on its own: restarting it")
