@@ -296,7 +296,7 @@ class Stack:
             uow.commit()
         self.sim = Simulator(self.workdir / "brokersim",
                              {"fill_latency_ms": 300, "partial_slices": 2, "tick_ms": 20,
-                              "seed": self.cfg.seed}).start()
+                              "seed": self.cfg.seed}).start(timeout=120)  # a busy machine
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARBITER_")}
         env.update(FAST_MAINTENANCE)
         env.update(
@@ -488,7 +488,10 @@ class FaultInjector:
 
     def _end(self, active: _Active) -> None:
         self.active.remove(active)
-        active.finish()
+        try:
+            active.finish()
+        except Exception as exc:  # e.g. Redis would not come back: reported, and the run goes on
+            self.stack.incident(f"ending {active.record.kind} at {self.now()}s failed: {exc!r}")
         active.record.ended_at_s = self.now()
 
     def _busy(self) -> set[str]:
@@ -826,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     first = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     reports: list[ChaosReport] = []
+    failed: list[int] = []
     for seed in range(first, first + max(1, args.seeds)):
         workdir = args.workdir
         if workdir is not None and args.seeds > 1:
@@ -833,19 +837,25 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ChaosConfig(signals=args.signals, faults=args.faults, seed=seed,
                           workers=args.workers, send_rate=args.rate, broker=args.broker,
                           settle_bound_s=args.settle_bound, workdir=workdir)
-        report = run_chaos(cfg)
+        try:
+            report = run_chaos(cfg)
+        except Exception as exc:  # the runner's own failure (say, the stack would not start)
+            print(f"chaos run, seed {seed}: the runner failed: {exc!r}", flush=True)
+            failed.append(seed)
+            continue
         reports.append(report)
         print(report.format(), flush=True)
         if args.json:
             data = [r.to_json() for r in reports] if args.seeds > 1 else report.to_json()
             args.json.write_text(json.dumps(data, indent=2, default=str))
-    if len(reports) > 1:
-        print(f"\nsweep of {len(reports)} seeds from {first}: "
-              f"{sum(not r.violations for r in reports)} clean")
+    if args.seeds > 1:
+        print(f"\nsweep of {args.seeds} seeds from {first}: {len(reports)} reports, "
+              f"{sum(not r.violations for r in reports)} clean"
+              + (f"; the runner failed on seeds {failed}" if failed else ""))
         for r in reports:
             print(f"  seed {r.seed}: {len(r.faults)} faults, {r.signals['accepted']} accepted, "
                   f"{len(r.violations)} violations, {r.timings['total']:.0f}s")
-    return 1 if any(r.violations for r in reports) else 0
+    return 1 if failed or any(r.violations for r in reports) else 0
 
 
 if __name__ == "__main__":
