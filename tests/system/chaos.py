@@ -309,8 +309,9 @@ class Stack:
             ARBITER_BROKERAGE_SECRET=self.sim.secret,
             ARBITER_VISIBILITY_TIMEOUT_S=str(self.cfg.visibility_timeout_s),
             ARBITER_TASK_TIME_LIMIT_S=str(self.cfg.task_time_limit_s),
-            # A queue backlog is not a stall: re-driving it after 3 s would only add to it.
-            ARBITER_STALLED_AFTER_S="10",
+            # A queue backlog is not a stall: re-driving it early only adds to it, and on a busy
+            # machine the duplicates feed the backlog they came from. Production's default.
+            ARBITER_STALLED_AFTER_S="30",
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
         )
         self.env = env
