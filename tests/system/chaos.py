@@ -837,7 +837,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir = workdir / f"seed-{seed}"
         cfg = ChaosConfig(signals=args.signals, faults=args.faults, seed=seed,
                           workers=args.workers, send_rate=args.rate, broker=args.broker,
-                          settle_bound_s=args.settle_bound, workdir=workdir)
+                          settle_bound_s=args.settle_bound, workdir=workdir,
+                          say=lambda line: print(line, flush=True))  # live in a log file too
         try:
             report = run_chaos(cfg)
         except Exception as exc:  # the runner's own failure (say, the stack would not start)
