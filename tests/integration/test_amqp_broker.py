@@ -33,7 +33,7 @@ def test_an_amqp_broker_gets_quorum_queues_confirms_and_no_visibility_timeout() 
     assert config["task_acks_late"] is True and config["task_reject_on_worker_lost"] is True
     queues = config["task_queues"]
     assert isinstance(queues, list)
-    assert {q.name for q in queues} == {"signals", "orders", "maintenance"}
+    assert {q.name for q in queues} == {"signals", "orders", "maintenance", "notifications"}
     for queue in queues:
         assert queue.durable and queue.queue_arguments == {"x-queue-type": "quorum"}
         assert queue.exchange.type == "topic" and queue.routing_key == queue.name
