@@ -58,7 +58,9 @@ class RssSampler:
         rss: dict[int, int] = {}
         for pid in self.pids():
             with contextlib.suppress(psutil.Error):
-                rss[pid] = psutil.Process(pid).memory_info().rss
+                value = psutil.Process(pid).memory_info().rss
+                if value:  # 0: a zombie (a killed pool child not yet reaped), not a process
+                    rss[pid] = value
         handled = self.samples[-1].handled if self.samples else 0
         with contextlib.suppress(Exception):  # the database may be away (a fault): keep the last
             handled = self.handled()
