@@ -53,7 +53,7 @@ def vhost_url() -> Iterator[str]:
 def test_the_client_sends_to_a_durable_quorum_queue_on_rabbitmq(
     vhost_url: str, redis_url: str
 ) -> None:
-    client = SignalClient(redis_url, vhost_url)
+    client = SignalClient(redis_url, vhost_url, keys={"long_term": "an-amqp-test-key"})
     try:
         coid = client.submit_signal("long_term", "AAPL", "buy", 5, signal_id="amqp-1")
     finally:
