@@ -296,6 +296,7 @@ class Stack:
         values = {
             "ARBITER_DATABASE_URL": self.database_url,
             "ARBITER_REDIS_URL": self.redis_url,
+            "ARBITER_BROKER_URL": self.settings.broker_url or "",
             "ARBITER_BROKERAGE_URL": self.brokerage_url,
             "ARBITER_WEB_URL": self.web_url or "",
         }

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # Infrastructure. Empty URLs mean "embedded": `arbiter up` starts Postgres and Redis locally.
     database_url: str | None = None
     redis_url: str | None = None
+    # The Celery broker: empty means the Redis above; `amqp://` selects RabbitMQ (Redis stays
+    # the event bus, lock and lease store).
+    broker_url: str | None = None
     data_dir: Path = Path(".arbiter")
     event_channel_prefix: str = "arbiter.events"
 

@@ -1,4 +1,5 @@
-"""The client API for strategy processes: needs only the Redis URL.
+"""The client API for strategy processes: needs only the Redis URL (and the broker's, when
+ARBITER_BROKER_URL points Celery at RabbitMQ).
 
     from strategy_client.client import submit_signal
     coid = submit_signal("long_term", "AAPL", "buy", 10, signal_id="lt-2026-11-22-aapl")
@@ -30,23 +31,34 @@ from core.settings import DEFAULT_REDIS_URL, get_settings
 from core.signals import Signal
 from core.signing import sign
 from strategy_client import pending, routing
+from strategy_client.broker import broker_config, is_amqp
 
 KeySource = str | Mapping[str, str] | Callable[[str], str | None] | None
 KEY_VARIABLE = "ARBITER_STRATEGY_KEY_{}"
 
 
 class SignalClient:
-    def __init__(self, redis_url: str | None = None, *, keys: KeySource = None) -> None:
+    """Sends to the configured broker (`broker_url`, else ARBITER_BROKER_URL, else Redis) and
+    notes pending signals in Redis (`redis_url`, else ARBITER_REDIS_URL)."""
+
+    def __init__(
+        self, redis_url: str | None = None, broker_url: str | None = None, *,
+        keys: KeySource = None,
+    ) -> None:
         self.keys = keys
         url = redis_url or _default_redis_url()
-        self.app = Celery("arbiter-client", broker=url)
+        broker = broker_url or get_settings().broker_url or url
+        self.app = Celery("arbiter-client")
         self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        config = broker_config(broker, get_settings().visibility_timeout_s)
+        if not is_amqp(broker):
+            config["broker_transport_options"] = {"socket_timeout": 5, "socket_connect_timeout": 5}
         self.app.conf.update(
+            config,
             task_serializer="json",
             accept_content=["json"],
             task_routes=routing.TASK_ROUTES,
             broker_connection_retry_on_startup=True,
-            broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
         )
 
     def submit_signal(

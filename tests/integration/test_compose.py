@@ -26,7 +26,16 @@ def services() -> dict[str, Any]:
 
 
 def test_every_service_is_there(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "redis", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", "rabbitmq", *APP_SERVICES}
+
+
+def test_rabbitmq_is_an_opt_in_broker(services: dict[str, Any]) -> None:
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"]
+    assert "rabbitmq-diagnostics" in str(rabbitmq["healthcheck"]["test"])
+    assert all(port.startswith("127.0.0.1:") for port in rabbitmq.get("ports", []))
+    for name in ("worker", "beat", "flower"):
+        assert services[name]["environment"]["ARBITER_BROKER_URL"] == "${ARBITER_BROKER_URL:-}"
 
 
 def test_app_services_share_one_image_built_from_the_dockerfile(
