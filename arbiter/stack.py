@@ -27,7 +27,7 @@ import httpx
 import psutil
 
 import arbiter
-from arbiter.services import free_port, resolve_services
+from arbiter.embedded import free_port, resolve_services
 from arbiter.supervisor import Child, Supervisor, http_ready, log_ready
 from core.errors import OperationalError
 from core.settings import Settings

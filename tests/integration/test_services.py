@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from arbiter.services import (
+from arbiter.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     ServiceError,

@@ -5,7 +5,7 @@ seeded faults injected while they run; afterwards the invariants I1-I6 are check
     python -m tests.system.chaos --signals 400 --faults 15 --seed 11271 --seeds 20   # a sweep
     python -m tests.system.chaos --broker amqp ...                       # RabbitMQ as broker
 
-Stack: a private Redis (arbiter.services.EmbeddedRedis, so it can be stopped and restarted),
+Stack: a private Redis (arbiter.embedded.EmbeddedRedis, so it can be stopped and restarted),
 with --broker amqp a private RabbitMQ node (tests/fixtures/rabbitmq.PrivateRabbitMQ, on a free
 port, so it can be stopped and started without touching the machine's shared one), a fresh
 database on 127.0.0.1:5432 when it answers (else an embedded Postgres), the brokerage
@@ -60,7 +60,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import func, select
 
-from arbiter.services import EmbeddedPostgres, EmbeddedRedis, libpq_url, postgres_reachable
+from arbiter.embedded import EmbeddedPostgres, EmbeddedRedis, libpq_url, postgres_reachable
 from core.signals import client_order_id_for
 from core.states import TERMINAL_STATES
 from db.engine import Database

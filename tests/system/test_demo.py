@@ -18,7 +18,7 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from arbiter.services import EmbeddedPostgres, EmbeddedRedis
+from arbiter.embedded import EmbeddedPostgres, EmbeddedRedis
 from arbiter.stack import CREDENTIALS_FILE, ENV_FILE, PID_FILE, read_env_file
 from db.engine import Database
 from db.models import ConflictLog, Order, Strategy
