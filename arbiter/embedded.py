@@ -305,9 +305,12 @@ class _Embedded:
             if not _alive(pid, self.process_name):
                 return
             procs = self._family(pid)
+            if self.port is None:  # a handle made just to stop a server started elsewhere
+                with contextlib.suppress(OSError, ValueError):
+                    self.port = int(self._port_file.read_text())
             try:
                 self._shutdown()
-            except (ServiceError, OSError, subprocess.TimeoutExpired) as exc:
+            except (ServiceError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
                 log.warning("clean stop of %s failed (%s); terminating it", self.name, exc)
                 for proc in procs[:1]:
                     proc.terminate()

@@ -65,11 +65,11 @@ class Services:
         self.mode = "embedded"
         self._pg = EmbeddedPostgres(self.root / "postgres", database="postgres")
         self._pg.start()
-        with psycopg.connect(libpq_url(self._pg.url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self._pg.admin_url), autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
             conn.execute("ALTER SYSTEM SET max_connections = 200")
         self._pg.restart()
-        self.server_url = self._pg.url
+        self.server_url = self._pg.admin_url
         self._redis = EmbeddedRedis(self.root / "redis")
         self._redis.start()
         self.redis_url = self._redis.url
@@ -114,7 +114,7 @@ class Services:
             self._claim.release()
         for server in (self._redis, self._pg):
             if server is not None:
-                server.stop()
+                server.remove()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

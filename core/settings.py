@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from decimal import Decimal
 from functools import lru_cache
@@ -18,6 +19,17 @@ DEV_BROKERAGE_URL = "http://127.0.0.1:8765"
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and any loopback address (127.0.0.0/8, ::1), by `ipaddress`; a name
+    that merely starts with "127." (`127.evil.example`) is not one."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -102,7 +114,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_dev_keys_off_loopback(self) -> Settings:
         host = urlparse(self.brokerage_url).hostname or ""
-        local = host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+        local = is_loopback_host(host)
         dev_keys = DEV_BROKERAGE_KEY in (self.brokerage_key, self.brokerage_secret) or (
             DEV_BROKERAGE_SECRET in (self.brokerage_key, self.brokerage_secret)
         )

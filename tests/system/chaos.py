@@ -45,7 +45,6 @@ import multiprocessing
 import os
 import random
 import secrets
-import shutil
 import signal
 import sys
 import tempfile
@@ -285,7 +284,7 @@ class Stack:
             self.pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="arbiter-chaos-pg-")),
                                        database="postgres")
             self.pg.start()
-            self.admin_url = self.pg.url
+            self.admin_url = self.pg.admin_url
         with psycopg.connect(libpq_url(self.admin_url), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db_name)))
         self.database_url = self.admin_url.rsplit("/", 1)[0] + f"/{self.db_name}"
@@ -420,10 +419,9 @@ class Stack:
                              .format(sql.Identifier(self.db_name)))
         if self.pg is not None:
             with contextlib.suppress(Exception):
-                self.pg.stop()
-            shutil.rmtree(self.pg.data_dir, ignore_errors=True)
+                self.pg.remove()
         with contextlib.suppress(Exception):
-            self.redis.stop()
+            self.redis.remove()
         if self.rabbitmq is not None:
             with contextlib.suppress(Exception):
                 self.rabbitmq.stop()
