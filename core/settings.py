@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     expire_locks_interval_s: float = 60.0
     stalled_after_s: float = 30.0
     never_received_grace_s: float = 60.0
-    event_retention_days: int = 90
+    event_retention_days: int = Field(default=90, ge=0)  # 0 keeps the history forever
+    purge_events_interval_s: float = Field(default=3600.0, gt=0)
 
     # Notifications (Apprise URLs hold secrets: never logged, shown masked).
     notify_urls: str = ""  # comma separated: default rules for the important event types

@@ -27,6 +27,7 @@ RECOVER_STALLED = "arbiter.recover_stalled"
 RECONCILE_POSITIONS = "arbiter.reconcile_positions"
 RELAY_EVENTS = "arbiter.relay_events"
 EXPIRE_OWNERSHIP = "arbiter.expire_ownership"
+PURGE_EVENTS = "arbiter.purge_events"
 STARTUP_RECOVERY = "arbiter.startup_recovery"
 
 NOTIFY_DISPATCH = "arbiter.notify_dispatch"
@@ -44,6 +45,7 @@ TASK_ROUTES = {
     RECONCILE_POSITIONS: {"queue": MAINTENANCE_QUEUE},
     RELAY_EVENTS: {"queue": MAINTENANCE_QUEUE},
     EXPIRE_OWNERSHIP: {"queue": MAINTENANCE_QUEUE},
+    PURGE_EVENTS: {"queue": MAINTENANCE_QUEUE},
     STARTUP_RECOVERY: {"queue": MAINTENANCE_QUEUE},
     NOTIFY_DISPATCH: {"queue": NOTIFICATIONS_QUEUE},
     NOTIFY_DELIVER: {"queue": NOTIFICATIONS_QUEUE},
