@@ -10,9 +10,6 @@ WORKDIR /app
 COPY pyproject.toml README.md beat_schedule.py constraints.txt ./
 COPY core ./core
 COPY db ./db
-COPY service_layer ./service_layer
-COPY strategy_client ./strategy_client
-COPY adapters ./adapters
 COPY tasks ./tasks
 COPY arbiter ./arbiter
 COPY brokersim ./brokersim
