@@ -18,11 +18,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
-from core.brokerage import Brokerage, BrokerOrder, OrderRequest, OrderType, Side, TimeInForce
+from core.brokerage import (
+    Brokerage,
+    BrokerOrder,
+    OrderClass,
+    OrderRequest,
+    OrderType,
+    Side,
+    StopLoss,
+    TakeProfit,
+    TimeInForce,
+)
 from core.errors import (
     BrokerageProtocolError,
     BrokerageRejected,
@@ -194,12 +206,32 @@ def record_rejection(
 
 def request_for(order: Order) -> OrderRequest:
     assert order.ticker and order.side and order.quantity is not None
+    signal: dict[str, Any] = (order.order_metadata or {}).get("signal") or {}
+    take_profit = signal.get("take_profit")
+    stop_loss = signal.get("stop_loss")
+    order_class = OrderClass(order.order_class)
+    limit_price = order.limit_price
+    if order_class is OrderClass.OCO and limit_price is None and take_profit:
+        limit_price = Decimal(take_profit["limit_price"])  # an OCO's limit is its take-profit
     return OrderRequest(
         client_order_id=order.client_order_id,
         symbol=order.ticker,
         side=Side(order.side),
         quantity=order.quantity,
         order_type=OrderType(order.order_type),
-        limit_price=order.limit_price,
+        limit_price=limit_price,
         time_in_force=TimeInForce(order.time_in_force),
+        stop_price=order.stop_price,
+        trail_price=order.trail_price,
+        trail_percent=order.trail_percent,
+        order_class=order_class,
+        take_profit=TakeProfit(Decimal(take_profit["limit_price"])) if take_profit else None,
+        stop_loss=(
+            StopLoss(
+                Decimal(stop_loss["stop_price"]),
+                Decimal(stop_loss["limit_price"]) if stop_loss.get("limit_price") else None,
+            )
+            if stop_loss
+            else None
+        ),
     )
