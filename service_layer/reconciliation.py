@@ -42,6 +42,7 @@ from db.models import (
 )
 from db.order_manager import OrderManager
 from db.outbox import emit
+from service_layer import cancellation
 from service_layer.settlement import release_unfilled_claim, settle
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class ReconcileReport:
     orphans: int = 0
     errors: int = 0
     brokerage_calls: int = 0
+    cancels_sent: int = 0
     changes: list[OrderChange] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -225,6 +227,8 @@ def reconcile_open_orders(
             if after_first_commit is not None:
                 after_first_commit()
 
+    report.cancels_sent = _send_requested_cancels(database, brokerage, reports, counter)
+
     for coid in (c for c in reports if c not in by_coid):
         if coid.startswith(CLIENT_ORDER_ID_PREFIX) and _record_orphan(database, reports[coid]):
             report.orphans += 1
@@ -233,6 +237,32 @@ def reconcile_open_orders(
             )
     report.brokerage_calls = counter.total
     return report
+
+
+def _send_requested_cancels(
+    database: Database,
+    brokerage: Brokerage,
+    reports: dict[str, BrokerOrder],
+    counter: _CallCounter,
+) -> int:
+    """Cancels recorded while a submission was in flight, or whose sending failed: sent now
+    for each order still open at the brokerage (and not already pending its cancel)."""
+    with database.unit_of_work() as uow:
+        waiting = uow.session.execute(
+            select(Order.id, Order.client_order_id).where(
+                Order.cancel_requested_at.isnot(None),
+                Order.state.in_([S.ORDER_SENT.value, S.PARTIAL_FILLED.value]),
+            )
+        ).all()
+    sent = 0
+    for order_id, coid in waiting:
+        broker = reports.get(coid)
+        if broker is not None and broker.status in ("pending_cancel", "canceled"):
+            continue
+        counter.tick()
+        if cancellation.carry_out(database, brokerage, order_id) is not None:
+            sent += 1
+    return sent
 
 
 # A brokerage answer that did not come, or could not be read: the question stays open.

@@ -46,10 +46,12 @@ from db.engine import Database
 from db.kill_switch import kill_switch_on
 from db.models import Order
 from db.order_manager import OrderManager
+from service_layer import cancellation
 from service_layer.settlement import release_unfilled_claim, settle
 
 S = OrderState
 ACTOR = "arbiter.submit"
+_AT_BROKERAGE = (S.ORDER_SENT.value, S.PARTIAL_FILLED.value)
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ def submit(
         return
     after_accepted()
     with database.unit_of_work() as uow:
-        record_accepted(uow.session, order_id, report, on_order=on_order)
+        cancel_waiting = record_accepted(uow.session, order_id, report, on_order=on_order)
         uow.commit()
+    if cancel_waiting:  # asked for while the submission was in flight: carried out now
+        cancellation.carry_out(database, brokerage, order_id)
 
 
 def begin_submit(
@@ -181,12 +185,14 @@ def record_accepted(
     report: BrokerOrder,
     *,
     on_order: Callable[[Order], None] = lambda _o: None,
-) -> None:
+) -> bool:
     """The brokerage holds the order: settlement moves it to ORDER_SENT (with the brokerage's
-    id) and books whatever fills the answer already carries."""
+    id) and books whatever fills the answer already carries. True when a cancel was asked
+    for meanwhile and the order is still open at the brokerage."""
     order = OrderManager(session).lock(order_id)
     on_order(order)
     settle(session, order, report, actor=ACTOR)
+    return order.cancel_requested_at is not None and order.state in _AT_BROKERAGE
 
 
 def record_rejection(
