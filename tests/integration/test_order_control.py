@@ -163,9 +163,7 @@ def test_a_cancel_while_the_submission_is_in_flight_is_carried_out_after_it(
     assert broker["status"] == "canceled"
 
 
-def _resting_limit(
-    db: Database, sim: Simulator, brokerage: AlpacaBrokerage, ticker: str
-) -> Order:
+def _resting_limit(db: Database, sim: Simulator, brokerage: AlpacaBrokerage, ticker: str) -> Order:
     built = build_order(db, to=S.ORDER_PENDING, ticker=ticker, attempts=1)
     price = Decimal(sim.admin.price(ticker))
     with db.unit_of_work() as uow:  # a limit far below the market
