@@ -38,6 +38,10 @@ class PositionHeld(InvalidInput):
     """A release asked of an owner that still holds shares."""
 
 
+def _plain(quantity: Decimal) -> str:
+    return format(quantity.normalize(), "f")
+
+
 def _owned(session: Session, ticker: str) -> tuple[str, TickerOwnership]:
     symbol = ticker.strip().upper()
     if not is_name(TICKER_PATTERN, symbol):
@@ -71,7 +75,7 @@ def transfer_ownership(session: Session, ticker: str, to: str, reason: str) -> O
         owner.name,
         target.name,
         quantity,
-        f"{symbol} moved from {owner.name} to {target.name} with a position of {quantity}",
+        f"{symbol} moved from {owner.name} to {target.name} with a position of {_plain(quantity)}",
     )
 
 
@@ -82,7 +86,7 @@ def release_ownership(session: Session, ticker: str, reason: str) -> OwnershipMo
     quantity = held_quantity(session, owner.id, symbol)
     if quantity:
         raise PositionHeld(
-            f"{owner.name} holds {quantity} {symbol}: a release would leave that position "
+            f"{owner.name} holds {_plain(quantity)} {symbol}: a release would leave that position "
             "without an owner; sell it first, transfer it, or release with --liquidate"
         )
     release(session, row, reason)
@@ -100,7 +104,7 @@ def begin_liquidation(session: Session, ticker: str, reason: str) -> OwnershipMo
         return OwnershipMove(symbol, owner.name, None, quantity, f"released {symbol} (flat)")
     if not owner.active:
         raise InvalidInput(
-            f"{owner.name} is inactive, so it cannot sell its {quantity} {symbol}: transfer "
+            f"{owner.name} is inactive, so it cannot sell its {_plain(quantity)} {symbol}: transfer "
             "the ticker to an active strategy, or activate it first"
         )
     unlock(session, row, f"liquidation: {reason}")
@@ -109,5 +113,5 @@ def begin_liquidation(session: Session, ticker: str, reason: str) -> OwnershipMo
         owner.name,
         None,
         quantity,
-        f"selling {quantity} {symbol} as {owner.name}; the ownership ends when it is flat",
+        f"selling {_plain(quantity)} {symbol} as {owner.name}; the ownership ends when it is flat",
     )
