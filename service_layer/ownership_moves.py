@@ -104,8 +104,8 @@ def begin_liquidation(session: Session, ticker: str, reason: str) -> OwnershipMo
         return OwnershipMove(symbol, owner.name, None, quantity, f"released {symbol} (flat)")
     if not owner.active:
         raise InvalidInput(
-            f"{owner.name} is inactive, so it cannot sell its {_plain(quantity)} {symbol}: transfer "
-            "the ticker to an active strategy, or activate it first"
+            f"{owner.name} is inactive, so it cannot sell its {_plain(quantity)} {symbol}: "
+            "transfer the ticker to an active strategy, or activate it first"
         )
     unlock(session, row, f"liquidation: {reason}")
     return OwnershipMove(
