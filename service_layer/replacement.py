@@ -132,11 +132,11 @@ def _begin(
         raise InvalidInput(f"order {ref} is not {strategy}'s")
     if original.state not in REPLACEABLE:
         raise OrderNotOpen(ref, original.state, action="replace")
+    _check_changes(original, changes)
     if original.cancel_requested_at is not None:
         raise InvalidInput(f"order {ref} has a cancel pending: it cannot be replaced")
     if original.brokerage_order_id is None:
         raise InvalidInput(f"order {ref} has no brokerage order id yet")
-    _check_changes(original, changes)
     assert original.quantity is not None and original.ticker is not None
     quantity = changes.quantity or original.quantity
     if quantity <= original.filled_quantity:
