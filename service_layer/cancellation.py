@@ -40,6 +40,10 @@ BEFORE_BROKERAGE = frozenset({S.SIGNAL_RECEIVED, S.VALIDATING})
 AT_BROKERAGE = frozenset({S.ORDER_SENT, S.PARTIAL_FILLED})
 
 
+class UnknownOrder(InvalidInput):
+    """No order by that id or client_order_id (a signal still queued, or a wrong key)."""
+
+
 class CancelOutcome(StrEnum):
     CANCELLED = "cancelled"  # final now: before submission, or the brokerage confirmed
     REQUESTED = "requested"  # recorded; the brokerage's confirmation (or the submit) is awaited
@@ -65,7 +69,7 @@ def find_order(session: Session, order_ref: int | str) -> Order:
         else session.scalar(select(Order).where(Order.client_order_id == ref))
     )
     if order is None:
-        raise InvalidInput(f"no order {ref!r}")
+        raise UnknownOrder(f"no order {ref!r}")
     return order
 
 

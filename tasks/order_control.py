@@ -11,9 +11,10 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from core.errors import InvalidInput
+from service_layer.cancellation import UnknownOrder
 from service_layer.cancellation import cancel_order as cancel_service
 from service_layer.replacement import ReplaceChanges
 from service_layer.replacement import replace_order as replace_service
@@ -24,13 +25,26 @@ from tasks.runtime import runtime
 log = logging.getLogger(__name__)
 
 
-@shared_task(name=routing.CANCEL, **RETRY)
-def cancel_order(strategy: str, client_order_id: str) -> dict[str, Any]:
+# A cancel can overtake its own signal (they travel on different queues): the order is looked
+# for again a few times before the cancel is given up as naming no order.
+UNKNOWN_ORDER_RETRIES = 10
+UNKNOWN_ORDER_WAIT_S = 1.0
+
+
+@shared_task(name=routing.CANCEL, bind=True, **RETRY)
+def cancel_order(self: Task, strategy: str, client_order_id: str) -> dict[str, Any]:
     rt = runtime()
     try:
         result = cancel_service(
             rt.database, rt.brokerage, client_order_id, requested_by=strategy, strategy=strategy
         )
+    except UnknownOrder as exc:
+        if self.request.retries < UNKNOWN_ORDER_RETRIES:
+            raise self.retry(
+                countdown=UNKNOWN_ORDER_WAIT_S, exc=exc, max_retries=UNKNOWN_ORDER_RETRIES
+            ) from exc
+        log.warning("cancel of %s by %s: %s", client_order_id, strategy, exc)
+        return {"client_order_id": client_order_id, "error": str(exc)}
     except InvalidInput as exc:
         log.warning("cancel of %s by %s refused: %s", client_order_id, strategy, exc)
         return {"client_order_id": client_order_id, "error": str(exc)}
