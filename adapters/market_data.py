@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from alpaca.data.enums import DataFeed
 from alpaca.data.historical import StockHistoricalDataClient
@@ -27,6 +28,18 @@ def _positive(value: object) -> Decimal | None:
         return None
     number = Decimal(str(value))
     return number if number.is_finite() and number > 0 else None
+
+
+ALPACA_DATA_URL = "https://data.alpaca.markets"
+
+
+def market_data_url(settings: Settings) -> str:
+    """ARBITER_MARKET_DATA_URL; else Alpaca's data API for an Alpaca trading URL (its trading
+    hosts serve no market data); else the brokerage URL (the simulator serves both)."""
+    if settings.market_data_url:
+        return settings.market_data_url
+    host = urlparse(settings.brokerage_url).hostname or ""
+    return ALPACA_DATA_URL if host.endswith("alpaca.markets") else settings.brokerage_url
 
 
 class AlpacaMarketData:
@@ -52,7 +65,7 @@ class AlpacaMarketData:
     @classmethod
     def from_settings(cls, settings: Settings) -> AlpacaMarketData:
         return cls(
-            settings.market_data_url or settings.brokerage_url,
+            market_data_url(settings),
             settings.brokerage_key,
             settings.brokerage_secret,
             timeout_s=settings.brokerage_timeout_s,
