@@ -302,9 +302,9 @@ class AlpacaBrokerage:
         )
 
     def get(self, brokerage_order_id: str) -> BrokerOrder:
-        return self._call(
-            lambda: to_broker_order(_model(Order, self.client.get(f"/orders/{brokerage_order_id}")))
-        )
+        """One order by the brokerage's id, a bracket's or OCO's legs nested in it."""
+        path, nested = f"/orders/{brokerage_order_id}", {"nested": "true"}
+        return self._call(lambda: to_broker_order(_model(Order, self.client.get(path, nested))))
 
     def get_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         try:
