@@ -845,3 +845,17 @@ def test_ownership_release_liquidate_without_redis_exits_2_and_flat_release_work
             select(TickerOwnership).where(TickerOwnership.released_at.is_(None))
         ).all()
     assert live == []
+
+
+def test_positions_with_prices_show_the_unrealised_pnl(
+    cli: Invoke, db: Database, simulator: Simulator
+) -> None:
+    _hold(db, "AMD", "trading", "10", "100")
+    simulator.admin.set_price("AMD", "112.5")
+    rows = json.loads(
+        ok(cli("positions", "--prices", "--json", env={"ARBITER_BROKERAGE_URL": simulator.url}))
+        .stdout
+    )
+    (row,) = rows
+    assert Decimal(row["market_price"]) == Decimal("112.5")
+    assert Decimal(row["unrealized_pnl"]) == Decimal(125)
