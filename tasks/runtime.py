@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING
 
 import redis
 
+# Imported here, in the worker's parent before it forks, rather than on a task's first use: the
+# SDK takes seconds to import, which would otherwise stall each pool process's first order.
+import adapters.alpaca
+import adapters.market_data
 from core.brokerage import Brokerage
 from core.market_data import ReferencePrices
 from core.risk import RiskLimits
@@ -55,10 +59,9 @@ class Runtime:
 
     @cached_property
     def brokerage(self) -> Brokerage:
-        from adapters.alpaca import AlpacaBrokerage
         from tasks.metrics import counting
 
-        return counting(AlpacaBrokerage.from_settings(self.settings), self.redis)
+        return counting(adapters.alpaca.AlpacaBrokerage.from_settings(self.settings), self.redis)
 
     @cached_property
     def notifier(self) -> AppriseNotifier:
@@ -68,10 +71,9 @@ class Runtime:
 
     @cached_property
     def reference_prices(self) -> ReferencePrices:
-        from adapters.market_data import AlpacaMarketData
-
         return ReferencePrices(
-            AlpacaMarketData.from_settings(self.settings), ttl_s=self.settings.reference_price_ttl_s
+            adapters.market_data.AlpacaMarketData.from_settings(self.settings),
+            ttl_s=self.settings.reference_price_ttl_s,
         )
 
     @cached_property
