@@ -1,5 +1,5 @@
 """The chaos runner: a whole private stack, four strategy processes sending seeded signals, and
-seeded faults injected while they run; afterwards the invariants I1-I6 are checked.
+seeded faults injected while they run; afterwards the invariants I1-I8 are checked.
 
     python -m tests.system.chaos --signals 300 --faults 12 --seed 7 [--json report.json]
     python -m tests.system.chaos --signals 400 --faults 15 --seed 11271 --seeds 20   # a sweep
@@ -163,7 +163,7 @@ class ChaosReport:
                      + "".join(f"\n  {e['at_s']:7.1f}s {e['process']} exit {e['code']}: "
                                f"{e['error']}" for e in self.exits))
         lines.append(f"violations ({len(self.violations)}):" if self.violations
-                     else "violations: none, I1-I6 held")
+                     else "violations: none, I1-I8 held")
         lines += [f"  {v}" for v in self.violations[:200]]
         return "\n".join(lines)
 

@@ -34,7 +34,7 @@ from tests.fixtures.simulator import Simulator
 def check_invariants(
     db: Database, sim: Simulator, sent: list[dict[str, Any]], seen: Counter[str]
 ) -> list[str]:
-    """I1 and I3-I6 (I2 is the bounded wait); one string per violation."""
+    """I1 and I3-I8 (I2 is the bounded wait); one string per violation."""
     v: list[str] = []
     with db.unit_of_work() as uow:
         s = uow.session
