@@ -217,12 +217,18 @@ def submit_signal(
     strategy: str,
     ticker: str,
     side: str,
-    quantity: int | float | str | Decimal,
+    quantity: Number,
     *,
     signal_id: str,
     order_type: str = "market",
-    limit_price: int | float | str | Decimal | None = None,
+    limit_price: Number | None = None,
     time_in_force: str = "day",
+    stop_price: Number | None = None,
+    trail_price: Number | None = None,
+    trail_percent: Number | None = None,
+    order_class: str | None = None,
+    take_profit: dict[str, Number] | None = None,
+    stop_loss: dict[str, Number] | None = None,
 ) -> str:
     """Submit one signal through a process-wide client; see SignalClient.submit_signal."""
     global _default_client
@@ -237,4 +243,10 @@ def submit_signal(
         order_type=order_type,
         limit_price=limit_price,
         time_in_force=time_in_force,
+        stop_price=stop_price,
+        trail_price=trail_price,
+        trail_percent=trail_percent,
+        order_class=order_class,
+        take_profit=take_profit,
+        stop_loss=stop_loss,
     )
