@@ -19,6 +19,7 @@ from core.errors import ArbiterError
 from core.events import Event, EventType, transition_event_type
 from core.signals import Signal
 from core.states import OrderState, check_correction, check_transition
+from db.clock import db_now
 from db.models import Order, OrderTransition, ReviewItem, Strategy
 from db.outbox import emit
 
@@ -221,7 +222,7 @@ class OrderManager:
         order = self.lock(order if isinstance(order, int) else order.id)
         if order.cancel_requested_at is not None:
             return False
-        order.cancel_requested_at = datetime.now(UTC)
+        order.cancel_requested_at = db_now(self.session)
         order.cancel_requested_by = requested_by
         emit(
             self.session,

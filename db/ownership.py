@@ -209,7 +209,7 @@ def held_quantity(session: Session, strategy_id: int, ticker: str) -> Decimal:
 
 def unlock(session: Session, row: TickerOwnership, reason: str) -> bool:
     """End the ownership lock now (the ownership stays). False when it was not locked."""
-    now = datetime.now(UTC)
+    now = db_now(session)
     if row.locked_until is None or row.locked_until <= now:
         return False
     row.locked_until = now

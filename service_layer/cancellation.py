@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -27,6 +26,7 @@ from sqlalchemy.orm import Session
 from core.brokerage import Brokerage
 from core.errors import BrokerageRejected, BrokerageUnavailable, InvalidInput, OrderNotOpen
 from core.states import OrderState, is_terminal
+from db.clock import db_now
 from db.engine import Database
 from db.models import Order
 from db.order_manager import OrderManager
@@ -110,7 +110,7 @@ def _record(session: Session, order_id: int, requested_by: str) -> tuple[CancelR
             S.CANCELLED,
             reason=f"cancelled by {requested_by} before submission",
             actor=ACTOR,
-            cancel_requested_at=datetime.now(UTC),
+            cancel_requested_at=db_now(session),
             cancel_requested_by=requested_by,
         )
         release_unfilled_claim(session, order)

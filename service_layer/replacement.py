@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import func, select
@@ -30,6 +29,7 @@ from core.events import EventType
 from core.risk import OrderFacts, RiskContext, RiskLimits, evaluate, first_failure
 from core.signals import client_order_id_for
 from core.states import OrderState
+from db.clock import db_now
 from db.engine import Database
 from db.models import Order, Strategy
 from db.order_manager import OrderManager, order_event
@@ -184,7 +184,7 @@ def _begin(
         actor=ACTOR,
         reason=f"replacement of order {original.id} requested by {requested_by}",
     )
-    manager.update(replacement, submit_attempts=1, last_submit_at=datetime.now(UTC))
+    manager.update(replacement, submit_attempts=1, last_submit_at=db_now(session))
     emit(
         session,
         order_event(

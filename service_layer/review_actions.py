@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 from core.errors import InvalidInput
 from core.events import Event, EventType
 from core.states import OrderState
+from db.clock import db_now
 from db.models import Order, Position, ReviewItem, Strategy
 from db.order_manager import OrderManager
 from db.outbox import emit
@@ -107,7 +107,7 @@ def adopt_brokerage_position(
         release_if_unused(session, ticker, holder.id, reason="position adjusted to flat")
     elif owner is None:
         claim(session, ticker, holder, None, reason=f"holds {after} {ticker} after adjustment")
-    item.resolved_at = datetime.now(UTC)
+    item.resolved_at = db_now(session)
     item.resolution_note = note
     session.flush()
     return Adjustment(ticker, holder.name, before, after)

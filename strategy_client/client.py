@@ -28,7 +28,13 @@ from celery import Celery
 
 from core.errors import InvalidInput, InvalidSignal
 from core.settings import DEFAULT_REDIS_URL, get_settings
-from core.signals import SIGNAL_ID_PATTERN, STRATEGY_PATTERN, Signal, client_order_id_for
+from core.signals import (
+    SIGNAL_ID_PATTERN,
+    STRATEGY_PATTERN,
+    Signal,
+    client_order_id_for,
+    is_name,
+)
 from core.signing import sign
 from strategy_client import pending, routing
 from strategy_client.broker import broker_config, is_amqp
@@ -183,12 +189,12 @@ Number = int | float | str | Decimal
 
 
 def _order_key(strategy: str, signal_id: str | None, client_order_id: str | None) -> str:
-    if not isinstance(strategy, str) or not STRATEGY_PATTERN.match(strategy):
+    if not is_name(STRATEGY_PATTERN, strategy):
         raise InvalidSignal("strategy", "must be a strategy name like 'long_term'")
     if (signal_id is None) == (client_order_id is None):
         raise InvalidSignal("signal_id", "give exactly one of signal_id, client_order_id")
     if signal_id is not None:
-        if not isinstance(signal_id, str) or not SIGNAL_ID_PATTERN.match(signal_id):
+        if not is_name(SIGNAL_ID_PATTERN, signal_id):
             raise InvalidSignal("signal_id", "must be 1-100 characters of A-Z a-z 0-9 _ . : -")
         return client_order_id_for(strategy, signal_id)
     if not isinstance(client_order_id, str) or not 0 < len(client_order_id) <= 128:

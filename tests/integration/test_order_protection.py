@@ -26,6 +26,7 @@ from service_layer.reconciliation import reconcile_open_orders
 from service_layer.replacement import ReplaceChanges, ReplaceRefused, replace_order
 from service_layer.submission import submit
 from service_layer.validation import validate
+from tests.fixtures.keys import signed
 from tests.fixtures.simulator import Simulator, wait_for
 from tests.integration.test_pipeline_steps import LIMITS
 
@@ -50,7 +51,8 @@ def run(db: Database, shared_brokerage: AlpacaBrokerage, market: AlpacaMarketDat
         raw = {"strategy": strategy, "signal_id": f"s-{uuid.uuid4().hex[:10]}",
                "ticker": symbol, "side": side, "quantity": str(quantity), **extra}  # fmt: skip
         with db.unit_of_work() as uow:
-            order_id = intake(uow.session, raw, actor="t", message_id="m")
+            order_id = intake(uow.session, signed(db, raw), actor="t", message_id="m")
+            assert order_id is not None
             uow.commit()
         with db.unit_of_work() as uow:
             validate(uow.session, order_id, LIMITS, actor="t", reference_price=prices.price)
