@@ -1,7 +1,7 @@
 """order control: order types and classes, legs, replacements, cancel requests, protection
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0002
 Create Date: 2026-11-29 19:10:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0003"
+down_revision: str | None = "0002"
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
