@@ -175,6 +175,7 @@ def test_a_stop_limit_and_a_trailing_stop_trigger_on_the_price_path(
                    time_in_force="gtc")  # fmt: skip
     assert stop_limit.state == trailing.state == "ORDER_SENT"
     shared_simulator.admin.set_price(sym, "110")  # the trailing stop's mark rises to 110
+    wait_for(lambda: shared_simulator.admin.orders(trailing.client_order_id)[0]["hwm"] == "110")
     shared_simulator.admin.set_price(sym, "106.5")  # 3.5 below the mark: it fires
     fired = settles(db, shared_brokerage, trailing.id, "FULLY_FILLED")
     assert fired.avg_fill_price == Decimal("106.5")
