@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     brokerage_key: str = DEV_BROKERAGE_KEY
     brokerage_secret: str = DEV_BROKERAGE_SECRET
     brokerage_timeout_s: float = Field(default=5.0, gt=0)
+    # Market data for reference prices (latest trade, else quote mid); empty: the brokerage
+    # URL (the simulator serves both). Alpaca's own is https://data.alpaca.markets.
+    market_data_url: str | None = None
+    reference_price_ttl_s: float = Field(default=5.0, ge=0)
 
     # Pre-trade risk defaults; a strategy's config may override each one.
     max_order_quantity: Decimal = Decimal("10000")

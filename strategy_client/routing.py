@@ -21,6 +21,8 @@ INTAKE = "arbiter.intake"
 VALIDATE = "arbiter.validate"
 CHECK_CONFLICT = "arbiter.check_conflict"
 SUBMIT = "arbiter.submit"
+CANCEL = "arbiter.cancel_order"
+REPLACE = "arbiter.replace_order"
 
 RECONCILE_ORDERS = "arbiter.reconcile_orders"
 RECOVER_STALLED = "arbiter.recover_stalled"
@@ -40,6 +42,8 @@ TASK_ROUTES = {
     VALIDATE: {"queue": SIGNALS_QUEUE},
     CHECK_CONFLICT: {"queue": SIGNALS_QUEUE},
     SUBMIT: {"queue": ORDERS_QUEUE},
+    CANCEL: {"queue": ORDERS_QUEUE},
+    REPLACE: {"queue": ORDERS_QUEUE},
     RECONCILE_ORDERS: {"queue": MAINTENANCE_QUEUE},
     RECOVER_STALLED: {"queue": MAINTENANCE_QUEUE},
     RECONCILE_POSITIONS: {"queue": MAINTENANCE_QUEUE},

@@ -49,7 +49,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
 
 
-TASK_MODULES = ["tasks.pipeline", "tasks.maintenance", "tasks.notifications"]
+TASK_MODULES = ["tasks.pipeline", "tasks.maintenance", "tasks.notifications", "tasks.order_control"]
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -57,7 +57,7 @@ BAD_TYPES = frozenset(
         EventType.ERROR_OCCURRED,
         EventType.RECONCILIATION_MISMATCH,
         EventType.ORDER_NEEDS_REVIEW,
-        EventType.STOP_LOSS_TRIGGERED,
+        EventType.POSITION_STOP_LOSS_TRIGGERED,
     }
 )
 GOOD_TYPES = frozenset(

@@ -1,5 +1,5 @@
 """The chaos runner: a whole private stack, four strategy processes sending seeded signals, and
-seeded faults injected while they run; afterwards the invariants I1-I6 are checked.
+seeded faults injected while they run; afterwards the invariants I1-I8 are checked.
 
     python -m tests.system.chaos --signals 300 --faults 12 --seed 7 [--json report.json]
     python -m tests.system.chaos --signals 400 --faults 15 --seed 11271 --seeds 20   # a sweep
@@ -34,6 +34,8 @@ Invariants, after the faults stop and at most `settle_bound_s` (default 120 s) f
   I4 ownership intervals per ticker never overlap
   I5 every transition's event is in the history exactly once; the subscriber saw every event
   I6 every audit trail is a valid path through the state table ending in the order's state
+  I7 every cancel request ended: its order is final (CANCELLED, or filled first, fills booked)
+  I8 every filled protective stop announced POSITION_STOP_LOSS_TRIGGERED exactly once
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ class ChaosReport:
                      + "".join(f"\n  {e['at_s']:7.1f}s {e['process']} exit {e['code']}: "
                                f"{e['error']}" for e in self.exits))
         lines.append(f"violations ({len(self.violations)}):" if self.violations
-                     else "violations: none, I1-I6 held")
+                     else "violations: none, I1-I8 held")
         lines += [f"  {v}" for v in self.violations[:200]]
         return "\n".join(lines)
 
@@ -171,7 +173,9 @@ class ChaosReport:
 def plan_signals(cfg: ChaosConfig) -> dict[str, list[dict[str, Any]]]:
     """Per strategy, the items to send, each with its send offset (seconds) and kind: `ok`,
     `repeat` (an earlier signal again), `client_bad` (InvalidSignal at the client) or
-    `raw_bad` (enqueued raw, to end REJECTED at intake)."""
+    `raw_bad` (enqueued raw, to end REJECTED at intake), `protective` (a trailing stop sell on
+    the strategy's home ticker) or `cancel` (of an earlier signal of the strategy, and always
+    of each protective stop)."""
     rng = random.Random(cfg.seed)
     plan: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
     for i in range(cfg.signals):
@@ -189,10 +193,29 @@ def plan_signals(cfg: ChaosConfig) -> dict[str, list[dict[str, Any]]]:
         elif draw < 0.07:
             raw = {**_good_args(rng, strategy, i), "quantity": rng.choice(["-5", "NaN", "x"])}
             item = {"kind": "raw_bad", "args": raw}
+        elif draw < 0.10:
+            # A protective stop on the strategy's own position (a trailing stop that the price
+            # path soon triggers), and a cancel of it a moment later: it ends filled (the
+            # stop-loss fired: the lock is released) or cancelled.
+            home = TICKERS[2 * STRATEGIES.index(strategy)]
+            args = {**_good_args(rng, strategy, i), "ticker": home, "side": "sell",
+                    "order_type": "trailing_stop", "trail_percent": "0.05",
+                    "time_in_force": "gtc"}
+            plan[strategy].append({"kind": "protective", "args": args, "at": at})
+            item = {"kind": "cancel", "args": _cancel_args(args)}
+            at += rng.uniform(0.5, 4.0)
+        elif draw < 0.13 and mine:
+            item = {"kind": "cancel", "args": _cancel_args(rng.choice(mine)["args"])}
         else:
             item = {"kind": "ok", "args": _good_args(rng, strategy, i)}
         plan[strategy].append({**item, "at": at})
+    for items in plan.values():
+        items.sort(key=lambda item: item["at"])
     return plan
+
+
+def _cancel_args(target: dict[str, Any]) -> dict[str, Any]:
+    return {"strategy": target["strategy"], "signal_id": target["signal_id"]}
 
 
 def _good_args(rng: random.Random, strategy: str, i: int) -> dict[str, Any]:
@@ -222,6 +245,10 @@ def strategy_main(redis_url: str, broker_url: str, items: list[dict[str, Any]],
             try:
                 if item["kind"] == "raw_bad":
                     client.enqueue(args)
+                elif item["kind"] == "cancel":
+                    client.cancel(args["strategy"], args["signal_id"])
+                    outcome = "cancel_sent"
+                    break
                 else:
                     client.submit_signal(args.pop("strategy"), args.pop("ticker"),
                                          args.pop("side"), args.pop("quantity"), **args)
@@ -732,7 +759,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
             seed=cfg.seed,
             signals={"sent": len(sent), "accepted": len(accepted),
                      "client_invalid": outcomes["invalid"], "gave_up": outcomes["gave_up"],
-                     "repeats": kinds["repeat"], "raw_malformed": kinds["raw_bad"]},
+                     "repeats": kinds["repeat"], "raw_malformed": kinds["raw_bad"],
+                     "protective": kinds["protective"], "cancels": kinds["cancel"]},
             faults=injector.records, orders_by_state=dict(by_state), in_review=review,
             reasons=dict(reasons.most_common(10)),
             brokerage_orders=len(stack.sim.admin.orders()), events=events,

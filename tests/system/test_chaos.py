@@ -1,5 +1,5 @@
 """A short seeded chaos run in CI: a few hundred signals, about a dozen faults, every invariant
-(I1-I6, see tests/system/chaos.py) held, on the broker ARBITER_TEST_BROKER names. Longer runs:
+(I1-I8, see tests/system/chaos.py) held, on the broker ARBITER_TEST_BROKER names. Longer runs:
 `python -m tests.system.chaos --help`."""
 
 from __future__ import annotations
