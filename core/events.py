@@ -31,7 +31,7 @@ class EventType(StrEnum):
     POSITION_OPENED = "position_opened"
     POSITION_CLOSED = "position_closed"
     POSITION_UPDATED = "position_updated"
-    STOP_LOSS_TRIGGERED = "stop_loss_triggered"
+    POSITION_STOP_LOSS_TRIGGERED = "position_stop_loss_triggered"
     RISK_LIMIT_EXCEEDED = "risk_limit_exceeded"
     KILL_SWITCH_ACTIVATED = "kill_switch_activated"
     RISK_ALERT = "risk_alert"
@@ -59,6 +59,11 @@ class EventType(StrEnum):
     ORDER_NEEDS_REVIEW = "order_needs_review"
     RECONCILIATION_MISMATCH = "reconciliation_mismatch"
     KILL_SWITCH_DEACTIVATED = "kill_switch_deactivated"
+    # order control (SPEC §9)
+    ORDER_CANCEL_REQUESTED = "order_cancel_requested"
+    ORDER_REPLACED = "order_replaced"
+    ORDER_CORRECTED = "order_corrected"
+    POSITION_ADJUSTED = "position_adjusted"
 
 
 # Events that processes outside Arbiter (strategies, an AI war room) may publish themselves.
@@ -68,7 +73,7 @@ EXTERNAL_EVENT_TYPES: frozenset[EventType] = frozenset(
         EventType.DEBATE_ENDED,
         EventType.CONSENSUS_REACHED,
         EventType.RISK_ALERT,
-        EventType.STOP_LOSS_TRIGGERED,
+        EventType.POSITION_STOP_LOSS_TRIGGERED,
         EventType.ERROR_OCCURRED,
         EventType.SYSTEM_STARTED,
         EventType.SYSTEM_STOPPED,

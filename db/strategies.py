@@ -88,13 +88,21 @@ def set_active(session: Session, name: str, active: bool, reason: str) -> Strate
     if strategy.active == active:
         return strategy
     strategy.active = active
-    released = [] if active else release_for_strategy(session, strategy, f"{name} deactivated")
+    released, kept = (
+        ([], []) if active else release_for_strategy(session, strategy, f"{name} deactivated")
+    )
     emit(
         session,
         Event(
             type=EventType.STRATEGY_ACTIVATED if active else EventType.STRATEGY_DEACTIVATED,
             strategy=name,
-            payload={"reason": reason, "released_tickers": released},
+            payload={
+                "reason": reason,
+                "released_tickers": released,
+                # Still owned (a position is held), lock released: the next active strategy
+                # that trades one of them takes it over with the position.
+                "unlocked_tickers": kept,
+            },
         ),
     )
     session.flush()

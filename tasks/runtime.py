@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 
 import redis
 
+# Imported here, in the worker's parent before it forks, rather than on a task's first use: the
+# SDK takes seconds to import, which would otherwise stall each pool process's first order.
+import adapters.alpaca
+import adapters.market_data
 from core.brokerage import Brokerage
+from core.market_data import ReferencePrices
 from core.risk import RiskLimits
 from core.settings import DEFAULT_REDIS_URL, Settings, get_settings
 from db.engine import Database
@@ -54,16 +59,22 @@ class Runtime:
 
     @cached_property
     def brokerage(self) -> Brokerage:
-        from adapters.alpaca import AlpacaBrokerage
         from tasks.metrics import counting
 
-        return counting(AlpacaBrokerage.from_settings(self.settings), self.redis)
+        return counting(adapters.alpaca.AlpacaBrokerage.from_settings(self.settings), self.redis)
 
     @cached_property
     def notifier(self) -> AppriseNotifier:
         from adapters.notifier import AppriseNotifier
 
         return AppriseNotifier(timeout_s=self.settings.notify_timeout_s)
+
+    @cached_property
+    def reference_prices(self) -> ReferencePrices:
+        return ReferencePrices(
+            adapters.market_data.AlpacaMarketData.from_settings(self.settings),
+            ttl_s=self.settings.reference_price_ttl_s,
+        )
 
     @cached_property
     def risk_limits(self) -> RiskLimits:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Query
 from fastapi.responses import JSONResponse
 
-from core.signals import STRATEGY_PATTERN, TICKER_PATTERN
+from core.signals import STRATEGY_PATTERN, TICKER_PATTERN, is_name
 from core.states import OrderState
 
 MAX_PAGE = 500
@@ -89,7 +89,7 @@ def ticker_param(value: str | None, name: str = "ticker") -> str | None:
     if value is None:
         return None
     ticker = value.strip().upper()
-    if not TICKER_PATTERN.match(ticker):
+    if not is_name(TICKER_PATTERN, ticker):
         raise HTTPException(422, f"{name}: {value!r} is not a ticker (e.g. AAPL, BRK.B)")
     return ticker
 
@@ -97,7 +97,7 @@ def ticker_param(value: str | None, name: str = "ticker") -> str | None:
 def strategy_param(value: str | None, name: str = "strategy") -> str | None:
     if value is None:
         return None
-    if not STRATEGY_PATTERN.match(value):
+    if not is_name(STRATEGY_PATTERN, value):
         raise HTTPException(422, f"{name}: {value!r} is not a strategy name (a-z0-9_)")
     return value
 
