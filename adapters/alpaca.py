@@ -233,6 +233,18 @@ def order_body(request: OrderRequest) -> dict[str, Any]:
     return body
 
 
+def order_report(raw: object) -> BrokerOrder:
+    """An order as Alpaca sends it (a dict of decimal strings, e.g. a trade update's `order`)
+    as ours; anything unreadable raises BrokerageProtocolError."""
+    try:
+        return to_broker_order(_model(Order, raw))
+    except Exception as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
 class AlpacaBrokerage:
     """core.brokerage.Brokerage over alpaca-py's TradingClient. `calls` counts HTTP requests."""
 
@@ -406,4 +418,4 @@ class AlpacaBrokerage:
         ]
 
 
-__all__ = ["AlpacaBrokerage", "to_broker_order", "translate"]
+__all__ = ["AlpacaBrokerage", "order_report", "to_broker_order", "translate"]

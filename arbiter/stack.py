@@ -1,5 +1,6 @@
 """The whole local stack for `arbiter up` and `arbiter demo`: Postgres and Redis (configured or
-embedded), migrations and seed, the brokerage simulator, a Celery worker, beat and Flower.
+embedded), migrations and seed, the brokerage simulator, a Celery worker, beat, the trade
+stream consumer and Flower.
 
 Files under the data folder (default `.arbiter`):
 
@@ -214,6 +215,12 @@ class Stack:
              "-s", str(self.data_dir / "celerybeat-schedule")],
             env, self.log_dir / "beat.log", log_ready("beat: Starting"), cwd=self.data_dir,
             detail="reconcile, recover, relay, expire locks",
+        ))  # fmt: skip
+        self.supervisor.start(Child(
+            "stream",
+            [sys.executable, "-c", "from arbiter.cli import main; main()", "stream"],
+            env, self.log_dir / "stream.log", log_ready("trade stream consumer"),
+            cwd=self.data_dir, detail="fills from the brokerage's trade_updates websocket",
         ))  # fmt: skip
         if flower:
             self._start_flower(env)

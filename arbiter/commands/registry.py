@@ -19,6 +19,7 @@ from arbiter.commands import (
     report,
     review,
     strategies,
+    stream,
     submit,
     tokens,
     up,
@@ -46,6 +47,7 @@ def register(root: typer.Typer) -> None:
     root.command("report")(report.report)
     root.add_typer(tokens.app, name="tokens")
     root.command("web")(web.web)
+    root.command("stream")(stream.stream)
     for module_name, name in OPTIONAL_APPS:
         try:
             module = importlib.import_module(module_name)
