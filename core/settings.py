@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=120, gt=0)
     visibility_timeout_s: int = Field(default=3600, gt=0)
     submit_max_retries: int = Field(default=5, ge=0)
+    task_events: bool = False  # Celery task events from the start (Flower enables them itself)
 
     # Beat schedule and recovery.
     reconcile_interval_s: float = 5.0

@@ -36,9 +36,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        # Task events, so Flower shows every task with its arguments.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost each task a few messages; off unless ARBITER_TASK_EVENTS is set.
+        # Flower turns them on in the running workers when it starts (enable_events).
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "task_track_started": True,
         "task_routes": TASK_ROUTES,
         "task_default_queue": SIGNALS_QUEUE,
