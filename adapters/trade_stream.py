@@ -9,6 +9,7 @@ what happens while it is down is caught up by reconciliation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -46,10 +47,8 @@ class TradeUpdateStream:
     def stop(self, timeout_s: float = 10.0) -> None:
         loop = self._stream._loop
         if self._thread.is_alive() and loop is not None and loop.is_running():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self._stream.stop()
-            except RuntimeError:  # the loop closed meanwhile
-                pass
         self._thread.join(timeout=timeout_s)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
