@@ -35,7 +35,10 @@ class StreamConsumer:
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from arbiter.cli import main; main()", "stream"],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def wait_active(self, sim: Simulator, timeout: float = 60.0) -> None:
@@ -58,10 +61,18 @@ class StreamConsumer:
                 self.proc.wait(timeout=5)
 
 
-def measure(env: dict[str, str], data: Path, work: Path, shape: str, redis_url: str,
-            pg: Postgres, timeout_s: float) -> dict[str, Any]:
-    sim = Simulator(data / "brokersim-fill", {"fill_latency_ms": FILL_LATENCY_MS,
-                                              "partial_slices": 1})
+def measure(
+    env: dict[str, str],
+    data: Path,
+    work: Path,
+    shape: str,
+    redis_url: str,
+    pg: Postgres,
+    timeout_s: float,
+) -> dict[str, Any]:
+    sim = Simulator(
+        data / "brokersim-fill", {"fill_latency_ms": FILL_LATENCY_MS, "partial_slices": 1}
+    )
     sim.start()
     env = {**env, "ARBITER_BROKERAGE_URL": sim.url}
     workers = stream = None
@@ -74,8 +85,9 @@ def measure(env: dict[str, str], data: Path, work: Path, shape: str, redis_url: 
         t0 = time.monotonic()
         for i in range(SIGNALS):
             time.sleep(max(0.0, t0 + i / RATE_PER_S - time.monotonic()))
-            client.submit_signal(STRATEGY, TICKERS[i % len(TICKERS)], "buy", 1,
-                                 signal_id=f"{tag}-{i}")
+            client.submit_signal(
+                STRATEGY, TICKERS[i % len(TICKERS)], "buy", 1, signal_id=f"{tag}-{i}"
+            )
         return _collect(sim, pg, tag, timeout_s)
     finally:
         client.close()
@@ -87,9 +99,11 @@ def measure(env: dict[str, str], data: Path, work: Path, shape: str, redis_url: 
 
 
 def _collect(sim: Simulator, pg: Postgres, tag: str, timeout_s: float) -> dict[str, Any]:
-    query = ("SELECT o.brokerage_order_id, extract(epoch FROM t.created_at), t.actor "
-             "FROM orders o JOIN order_transitions t ON t.order_id = o.id "
-             "WHERE o.signal_id LIKE %s AND t.to_state = 'FULLY_FILLED'")
+    query = (
+        "SELECT o.brokerage_order_id, extract(epoch FROM t.created_at), t.actor "
+        "FROM orders o JOIN order_transitions t ON t.order_id = o.id "
+        "WHERE o.signal_id LIKE %s AND t.to_state = 'FULLY_FILLED'"
+    )
     deadline = time.monotonic() + timeout_s
     rows = pg.query(query, (f"{tag}-%",))
     while len(rows) < SIGNALS and time.monotonic() < deadline:
@@ -99,11 +113,19 @@ def _collect(sim: Simulator, pg: Postgres, tag: str, timeout_s: float) -> dict[s
         f["order_id"]: datetime.fromisoformat(str(f["transaction_time"]).replace("Z", "+00:00"))
         for f in sim.admin.fills()
     }
-    latencies = [1000 * (float(at) - filled_at[boid].timestamp())
-                 for boid, at, _ in rows if boid in filled_at]
+    latencies = [
+        1000 * (float(at) - filled_at[boid].timestamp())
+        for boid, at, _ in rows
+        if boid in filled_at
+    ]
     actors: dict[str, int] = {}
     for _, _, actor in rows:
         actors[actor] = actors.get(actor, 0) + 1
-    return {"n": SIGNALS, "filled": len(rows), "rate_per_s": RATE_PER_S,
-            "simulator_fill_latency_ms": FILL_LATENCY_MS, "filled_by": actors,
-            "latency_ms": percentiles(latencies)}
+    return {
+        "n": SIGNALS,
+        "filled": len(rows),
+        "rate_per_s": RATE_PER_S,
+        "simulator_fill_latency_ms": FILL_LATENCY_MS,
+        "filled_by": actors,
+        "latency_ms": percentiles(latencies),
+    }

@@ -24,10 +24,19 @@ machine is shared, so compare runs at similar load.
 
 def _commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}+dirty" if dirty else head
@@ -37,14 +46,19 @@ def line(result: dict[str, Any]) -> str:
     s = result["settings"]
     load = f"{result['machine']['load_avg_at_start'][0]:.1f}→{result['load_avg_at_end'][0]:.1f}"
     cells = [
-        result["started_at"][:16].replace("T", " "), _commit(),
-        ("quick" if s["quick"] else "full") + (f", profiled {s['profiled']}" if s["profiled"]
-                                               else ""),
-        s["shape"], f"{result['ratio_order_sent']:.2f}", f"{result['order_sent_signals_per_s']}",
+        result["started_at"][:16].replace("T", " "),
+        _commit(),
+        ("quick" if s["quick"] else "full")
+        + (f", profiled {s['profiled']}" if s["profiled"] else ""),
+        s["shape"],
+        f"{result['ratio_order_sent']:.2f}",
+        f"{result['order_sent_signals_per_s']}",
         f"{result['ceiling_signals_per_s']}",
         f"{result['order_sent_p99_ms_70']} ({result['ceiling_p99_ms_70']})",
-        f"{result['pool_cpu_ms_per_signal']}", f"{result['pg_statements_per_signal']}",
-        f"{result['fill_to_filled_p50_ms']} / {result['fill_to_filled_p99_ms']}", load,
+        f"{result['pool_cpu_ms_per_signal']}",
+        f"{result['pg_statements_per_signal']}",
+        f"{result['fill_to_filled_p50_ms']} / {result['fill_to_filled_p99_ms']}",
+        load,
     ]
     return "| " + " | ".join(cells) + " |\n"
 

@@ -194,7 +194,9 @@ def test_a_stream_cut_mid_run_loses_nothing_and_books_nothing_twice(
 
     def burst(tag: str, count: int) -> list[str]:
         batch = [
-            client.submit_signal("trading", f"S{tag[:2].upper()}{i}", "buy", i + 1, signal_id=f"{tag}-{i}")
+            client.submit_signal(
+                "trading", f"S{tag[:2].upper()}{i}", "buy", i + 1, signal_id=f"{tag}-{i}"
+            )
             for i in range(count)
         ]
         coids.extend(batch)
