@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-APP_SERVICES = ("migrate", "worker", "notifier", "beat", "flower", "simulator", "web")
+APP_SERVICES = ("migrate", "worker", "notifier", "beat", "stream", "flower", "simulator", "web")
 SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "ARBITER_BROKERAGE_KEY",
            "ARBITER_BROKERAGE_SECRET", "ARBITER_FLOWER_USER", "ARBITER_FLOWER_PASSWORD")
 FILLED_IN = {name: f"test-{name.lower()}" for name in SECRETS}
@@ -49,7 +49,7 @@ def test_app_services_share_one_image_built_from_the_dockerfile(
 def test_app_services_wait_for_the_migration(services: dict[str, Any]) -> None:
     assert services["migrate"]["command"] == ["arbiter", "db", "upgrade"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("worker", "notifier", "beat", "flower", "web"):
+    for name in ("worker", "notifier", "beat", "stream", "flower", "web"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
@@ -99,6 +99,9 @@ def test_workers_scale_and_beat_is_single(services: dict[str, Any]) -> None:
     assert "container_name" not in worker and "ports" not in worker
     assert "signals,orders,maintenance" in worker["command"]
     assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    # Two trade stream consumers: one holds the account's lease, the other stands by.
+    assert services["stream"]["command"] == ["arbiter", "stream"]
+    assert services["stream"]["deploy"]["replicas"] == 2
 
 
 def test_flower_is_on_loopback_with_auth_from_the_environment(services: dict[str, Any]) -> None:
