@@ -148,7 +148,7 @@ def test_up_stops_everything_on_sigterm_and_a_second_up_reuses_the_folder(
         pid_files = [EmbeddedPostgres(data_dir / "postgres").pid_file,
                      EmbeddedRedis(data_dir / "redis").pid_file]
         servers = [int(p.read_text().split()[0]) for p in pid_files]
-        assert {"worker", "beat", "flower", "simulator", "web"} <= {
+        assert {"worker", "beat", "stream", "flower", "simulator", "web"} <= {
             p.stem for p in (data_dir / "logs").glob("*.log")}
         web = urls["ARBITER_WEB_URL"]
         assert httpx.get(f"{web}/healthz", timeout=10).json()["status"] == "ok"
