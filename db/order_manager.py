@@ -83,6 +83,18 @@ class OrderManager:
         locked.add(order_id)
         return order
 
+    def lock_by_client_order_id(self, client_order_id: str) -> Order | None:
+        """The order with this client_order_id, row-locked (one statement), or None."""
+        order = self.session.scalar(
+            select(Order)
+            .where(Order.client_order_id == client_order_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if order is not None:
+            self.session.info.setdefault(_LOCKED, set()).add(order.id)
+        return order
+
     def find_by_client_order_id(self, client_order_id: str) -> Order | None:
         return self.session.scalar(select(Order).where(Order.client_order_id == client_order_id))
 

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from core.brokerage import BrokerOrder
 from core.states import OrderState
 from db.engine import Database
-from db.models import Order
 from db.order_manager import OrderManager
 from service_layer.settlement import settle
 
@@ -44,19 +41,12 @@ class Booked:
 def book(database: Database, report: BrokerOrder, *, actor: str = ACTOR) -> Booked | None:
     """Settle one trade update's order report in its own transaction."""
     with database.unit_of_work() as uow:
-        session = uow.session
-        row = session.execute(
-            select(Order.id, Order.state, Order.filled_quantity).where(
-                Order.client_order_id == report.client_order_id
-            )
-        ).first()
-        if row is None:
+        order = OrderManager(uow.session).lock_by_client_order_id(report.client_order_id)
+        if order is None:
             return None  # not ours, or not yet committed by submit: reconciliation sees it
-        order_id, state, filled = row
-        if state not in _AWAITING and report.filled_quantity <= filled:
+        if order.state not in _AWAITING and report.filled_quantity <= order.filled_quantity:
             return None
-        order = OrderManager(session).lock(order_id)
-        result = settle(session, order, report, actor=actor)
+        result = settle(uow.session, order, report, actor=actor)
         uow.commit()
         return Booked(
             order.id, order.state, tuple(result.transitions), result.filled, result.flagged
