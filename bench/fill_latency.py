@@ -16,12 +16,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench.load import STRATEGY, TICKERS
 from bench.measure import Postgres, percentiles
 from bench.stack import REPO_ROOT, Deployment
 from strategy_client.client import SignalClient
+from strategy_client.routing import ORDERS_QUEUE, SIGNALS_QUEUE
 from tests.fixtures.simulator import Simulator
 
+PIPELINE_QUEUES = (SIGNALS_QUEUE, ORDERS_QUEUE)
+PRIORITY_SUFFIXES = ("\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
 FILL_LATENCY_MS = 200
 SIGNALS = 100
 RATE_PER_S = 10.0
@@ -61,6 +66,17 @@ class StreamConsumer:
                 self.proc.wait(timeout=5)
 
 
+def drop_backlog(redis_url: str) -> int:
+    """Signals the open loop left queued would load this phase's workers: dropped (their
+    orders stay where they are in this throwaway database)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [f"{q}{sep}" for q in PIPELINE_QUEUES for sep in ("", *PRIORITY_SUFFIXES)]
+        return int(client.delete(*keys))
+    finally:
+        client.close()
+
+
 def measure(
     env: dict[str, str],
     data: Path,
@@ -70,6 +86,7 @@ def measure(
     pg: Postgres,
     timeout_s: float,
 ) -> dict[str, Any]:
+    drop_backlog(redis_url)
     sim = Simulator(
         data / "brokersim-fill", {"fill_latency_ms": FILL_LATENCY_MS, "partial_slices": 1}
     )
