@@ -44,7 +44,8 @@ def _commit() -> str:
 
 def line(result: dict[str, Any]) -> str:
     s = result["settings"]
-    load = f"{result['machine']['load_avg_at_start'][0]:.1f}→{result['load_avg_at_end'][0]:.1f}"
+    start = result.get("load_avg_1m_at_start", result["machine"]["load_avg_at_start"][0])
+    load = f"{start:.1f}→{result['load_avg_at_end'][0]:.1f}"
     cells = [
         result["started_at"][:16].replace("T", " "),
         _commit(),

@@ -155,6 +155,7 @@ class Run:
 
     def run(self) -> dict[str, Any]:
         started = datetime.now(UTC)
+        self.load_at_start = os.getloadavg()[0]  # others' load on the shared machine
         self.setup()
         names = list(SHAPES) if self.args.shape == "all" else self.args.shape.split(",")
         shapes = {name: self.shape(name, primary=i == 0) for i, name in enumerate(names)}
@@ -212,6 +213,7 @@ def assemble(run: Run, shapes: dict[str, Any], catch: dict[str, Any], recon: dic
         **report.environment(),
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
+        "load_avg_1m_at_start": round(run.load_at_start, 2),
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
         "shapes": {name: {**summary(s), **s} for name, s in shapes.items()},
         "event_catch_up": catch,

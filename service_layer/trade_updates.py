@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.brokerage import BrokerOrder
+from core.errors import BrokerageProtocolError
 from core.states import OrderState
 from db.engine import Database
 from db.order_manager import OrderManager
@@ -39,7 +40,18 @@ class Booked:
 
 
 def book(database: Database, report: BrokerOrder, *, actor: str = ACTOR) -> Booked | None:
-    """Settle one trade update's order report in its own transaction."""
+    """Settle one trade update's order report in its own transaction.
+
+    An acceptance with nothing filled (`new`, `accepted`, `pending_new`) is submit's news: its
+    POST answer records it, and the order row is locked by submit until then, so waiting here
+    would only hold up the fills queued behind it. Statuses Arbiter does not know are left to
+    reconciliation, which flags them."""
+    try:
+        target = report.state
+    except BrokerageProtocolError:
+        return None
+    if target is S.ORDER_SENT and not report.filled_quantity:
+        return None
     with database.unit_of_work() as uow:
         order = OrderManager(uow.session).lock_by_client_order_id(report.client_order_id)
         if order is None:

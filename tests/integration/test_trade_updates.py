@@ -41,10 +41,10 @@ def _report(coid: str, status: str, filled: str, avg: str | None) -> BrokerOrder
 
 def test_updates_are_settled_and_a_repeated_fill_is_booked_once(db: Database) -> None:
     coid = _pending_order(db)
-    accepted = book(db, _report(coid, "new", "0", None))
-    assert accepted is not None and accepted.transitions == ("ORDER_SENT",)
+    assert book(db, _report(coid, "new", "0", None)) is None  # submit's news, not the stream's
     partial = book(db, _report(coid, "partially_filled", "4", "100.5"))
     assert partial is not None and partial.filled and partial.state == "PARTIAL_FILLED"
+    assert partial.transitions == ("ORDER_SENT", "PARTIAL_FILLED")
     filled = _report(coid, "filled", "10", "101")
     done = book(db, filled)
     assert done is not None and done.filled and done.state == "FULLY_FILLED"
@@ -59,6 +59,17 @@ def test_updates_are_settled_and_a_repeated_fill_is_booked_once(db: Database) ->
 
 def test_an_update_for_an_order_arbiter_does_not_hold_changes_nothing(db: Database) -> None:
     assert book(db, _report("arb-not-ours", "filled", "10", "100"), actor=ACTOR) is None
+
+
+def test_a_cancel_with_nothing_filled_is_booked(db: Database) -> None:
+    coid = _pending_order(db)
+    cancelled = book(db, _report(coid, "canceled", "0", None))
+    assert cancelled is not None and cancelled.state == "CANCELLED"
+
+
+def test_a_status_arbiter_does_not_know_is_left_to_reconciliation(db: Database) -> None:
+    coid = _pending_order(db)
+    assert book(db, _report(coid, "teleported", "0", None)) is None
 
 
 def test_one_lease_holder_at_a_time_and_a_dead_holders_lease_expires(redis_url: str) -> None:
