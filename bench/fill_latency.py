@@ -93,7 +93,8 @@ def measure(
     sim.start()
     env = {**env, "ARBITER_BROKERAGE_URL": sim.url}
     workers = stream = None
-    client = SignalClient(redis_url)
+    keys = dict(pg.query("SELECT name, signing_key FROM strategies"))
+    client = SignalClient(redis_url, keys=keys)
     try:
         workers = Deployment("tasks", shape, env, work).start()
         stream = StreamConsumer(env, work / "stream.log")
