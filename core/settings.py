@@ -49,16 +49,13 @@ class Settings(BaseSettings):
     brokerage_key: str = DEV_BROKERAGE_KEY
     brokerage_secret: str = DEV_BROKERAGE_SECRET
     brokerage_timeout_s: float = Field(default=5.0, gt=0)
-<<<<<<< HEAD
     # Market data for reference prices (latest trade, else quote mid); empty: the brokerage
     # URL (the simulator serves both). Alpaca's own is https://data.alpaca.markets.
     market_data_url: str | None = None
     reference_price_ttl_s: float = Field(default=5.0, ge=0)
-=======
     # The trade_updates websocket; empty: derived from brokerage_url (http -> ws, + /stream).
     brokerage_stream_url: str | None = None
     stream_lease_ttl_s: float = Field(default=5.0, gt=0)  # a dead consumer's standby waits this
->>>>>>> 9714e3a (Fills streamed: arbiter stream books trade_updates through settlement, one active consumer per account (Redis lease), started by arbiter up and compose)
 
     # Pre-trade risk defaults; a strategy's config may override each one.
     max_order_quantity: Decimal = Decimal("10000")
