@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from db.engine import Database
 from db.models import EventRecord, Fill, Order, Position, ReviewItem, TickerOwnership
 from strategy_client.client import SignalClient
+from tests.fixtures.keys import signed
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import eventually, wait_terminal
@@ -301,8 +302,6 @@ def test_a_signal_lost_between_queue_and_worker_is_sent_again(
             "quantity": "2",
         }
     )
-    from tests.fixtures.keys import signed
-
     # Signed with the strategy's key, as its client sends it (intake refuses unsigned signals).
     note = {"message": signed(db, signal.to_message()), "at": time.time() - 600}
     redis_py.Redis.from_url(redis_url).hset(PENDING_KEY, signal.client_order_id, json.dumps(note))
