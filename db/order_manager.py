@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.errors import ArbiterError
+from core.event_payloads import EventPayload, OrderNeedsReview, OrderTransitioned
 from core.events import Event, EventType, transition_event_type
 from core.signals import Signal
 from core.states import OrderState, check_transition
@@ -49,15 +50,15 @@ def locked_orders(session: Session) -> list[Order]:
     return [order for i in ids if (order := session.get(Order, i)) is not None]
 
 
-def order_event(order: Order, event_type: EventType, **payload: Any) -> Event:
+def order_event(order: Order, event_type: EventType, payload: EventPayload) -> Event:
     """An event about `order`, with the envelope's order, strategy and ticker filled in."""
-    return Event(
-        type=event_type,
+    return Event.of(
+        event_type,
+        payload,
         order_id=order.id,
         client_order_id=order.client_order_id,
         strategy=order.strategy_name,
         ticker=order.ticker,
-        payload=payload,
     )
 
 
@@ -183,11 +184,13 @@ class OrderManager:
                 order_event(
                     order,
                     event_type,
-                    from_state=source.value,
-                    to_state=target.value,
-                    reason=reason,
-                    filled_quantity=str(order.filled_quantity),
-                    avg_fill_price=_str_or_none(order.avg_fill_price),
+                    OrderTransitioned(
+                        from_state=source,
+                        to_state=target,
+                        reason=reason,
+                        filled_quantity=order.filled_quantity,
+                        avg_fill_price=order.avg_fill_price,
+                    ),
                 ),
             )
         for event in events:
@@ -216,7 +219,9 @@ class OrderManager:
         self.session.flush()
         emit(
             self.session,
-            order_event(order, EventType.ORDER_NEEDS_REVIEW, reason=reason, actor=actor),
+            order_event(
+                order, EventType.ORDER_NEEDS_REVIEW, OrderNeedsReview(reason=reason, actor=actor)
+            ),
         )
         return order
 
@@ -246,6 +251,3 @@ class OrderManager:
         for name, value in changes.items():
             setattr(order, name, value)
 
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
+from core.event_payloads import StrategyToggled
 from core.events import Event, EventType
 from core.signals import STRATEGY_PATTERN
 from core.strategies import Horizon
@@ -66,10 +67,10 @@ def set_active(session: Session, name: str, active: bool, reason: str) -> Strate
     released = [] if active else release_for_strategy(session, strategy, f"{name} deactivated")
     emit(
         session,
-        Event(
-            type=EventType.STRATEGY_ACTIVATED if active else EventType.STRATEGY_DEACTIVATED,
+        Event.of(
+            EventType.STRATEGY_ACTIVATED if active else EventType.STRATEGY_DEACTIVATED,
+            StrategyToggled(reason=reason, released_tickers=released),
             strategy=name,
-            payload={"reason": reason, "released_tickers": released},
         ),
     )
     session.flush()

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.brokerage import Side
 from core.conflicts import ConflictDecision, Ownership, Resolution, StrategyView, decide
+from core.event_payloads import ConflictDecided
 from core.events import Event, EventType
 from core.states import OrderState
 from db.kill_switch import kill_switch_on
@@ -109,24 +110,27 @@ def _record_decision(
     )
     if not decision.conflict:
         return []
-    conflict = {
-        "requesting_strategy": strategy.name,
-        "owning_strategy": owner_row.strategy.name,
-        "requesting_priority": strategy.priority,
-        "owning_priority": owner_row.strategy.priority,
-        "action": order.side,
-        "resolution": decision.resolution.value,
-        "reasoning": decision.reasoning,
-    }
+    conflict = ConflictDecided(
+        ticker=order.ticker,
+        requesting_strategy_id=strategy.id,
+        requesting_strategy_name=strategy.name,
+        requesting_priority=strategy.priority,
+        owning_strategy_id=owner_row.strategy_id,
+        owning_strategy_name=owner_row.strategy.name,
+        owning_priority=owner_row.strategy.priority,
+        action=Side(order.side),
+        resolution=decision.resolution,
+        reasoning=decision.reasoning,
+    )
     outcome = (
         EventType.ORDER_BLOCKED_BY_CONFLICT
         if decision.resolution is Resolution.BLOCKED
         else EventType.PRIORITY_OVERRIDE
     )
     return [
-        order_event(order, EventType.CONFLICT_DETECTED, **conflict),
-        order_event(order, outcome, **conflict),
-        order_event(order, EventType.CONFLICT_RESOLVED, **conflict),
+        order_event(order, EventType.CONFLICT_DETECTED, conflict),
+        order_event(order, outcome, conflict),
+        order_event(order, EventType.CONFLICT_RESOLVED, conflict),
     ]
 
 

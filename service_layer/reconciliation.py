@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage, BrokerOrder, Side
 from core.errors import ArbiterError, BrokerageProtocolError, BrokerageUnavailable
+from core.event_payloads import UnknownOrderMismatch
 from core.events import Event, EventType
 from core.states import OrderState, is_terminal
 from db.engine import Database
@@ -389,23 +390,26 @@ def _record_orphan(database: Database, broker: BrokerOrder) -> bool:
             f"brokerage holds order {broker.brokerage_order_id} ({coid}, {broker.side.value} "
             f"{broker.quantity} {broker.symbol}, {broker.status}) that Arbiter has no record of"
         )
-        details = {
-            "client_order_id": coid,
-            "brokerage_order_id": broker.brokerage_order_id,
-            "symbol": broker.symbol,
-            "side": broker.side.value,
-            "quantity": str(broker.quantity),
-            "filled_quantity": str(broker.filled_quantity),
-            "status": broker.status,
-        }
+        mismatch = UnknownOrderMismatch(
+            reason=reason,
+            client_order_id=coid,
+            brokerage_order_id=broker.brokerage_order_id,
+            symbol=broker.symbol,
+            side=broker.side,
+            quantity=broker.quantity,
+            filled_quantity=broker.filled_quantity,
+            status=broker.status,
+        )
+        details = mismatch.to_wire()
+        del details["kind"], details["reason"]
         session.add(ReviewItem(kind="order", ticker=broker.symbol, reason=reason, details=details))
         emit(
             session,
-            Event(
-                type=EventType.RECONCILIATION_MISMATCH,
+            Event.of(
+                EventType.RECONCILIATION_MISMATCH,
+                mismatch,
                 client_order_id=coid,
                 ticker=broker.symbol,
-                payload={"kind": "unknown_order", "reason": reason, **details},
             ),
         )
         uow.commit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from core.event_payloads import RiskLimitExceeded
 from core.events import EventType
 from core.risk import OrderFacts, RiskContext, RiskLimits, evaluate, first_failure
 from core.states import OrderState
@@ -46,7 +47,9 @@ def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: st
     if failed.limit_exceeded:
         extra.append(
             order_event(
-                order, EventType.RISK_LIMIT_EXCEEDED, rule=failed.rule, reason=failed.reason
+                order,
+                EventType.RISK_LIMIT_EXCEEDED,
+                RiskLimitExceeded(rule=failed.rule, reason=failed.reason),
             )
         )
     manager.transition(

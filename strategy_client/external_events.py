@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.errors import InvalidInput
-from core.events import EXTERNAL_EVENT_TYPES, Event, EventType, parse_event_type
+from core.events import EXTERNAL_EVENT_TYPES, Event, EventType, parse_event_type, parse_payload
 from db.engine import Database, UnitOfWork
 from db.outbox import emit
 from db.publisher import EventPublisher
@@ -91,6 +91,7 @@ def validate_external(
         isinstance(order_id, bool) or not isinstance(order_id, int) or order_id <= 0
     ):
         raise InvalidInput("order_id must be a positive integer")
+    parse_payload(event_type, payload)
     return Event(
         type=event_type,
         source=source.strip(),

@@ -23,6 +23,7 @@ from celery.signals import worker_ready, worker_shutdown
 from redis.exceptions import LockError
 from sqlalchemy import select
 
+from core.event_payloads import SystemChanged
 from core.events import Event, EventType
 from core.settings import get_settings
 from db.models import Order
@@ -222,7 +223,7 @@ def _announce(event_type: EventType, sender: Any) -> None:
         with runtime().database.unit_of_work() as uow:
             emit(
                 uow.session,
-                Event(type=event_type, source="worker", payload={"worker": str(sender or "")}),
+                Event.of(event_type, SystemChanged(worker=str(sender or "")), source="worker"),
             )
             uow.commit()
     except Exception:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from core.errors import BrokerageUnavailable, InvalidInput
+from core.event_payloads import ErrorOccurred
 from core.events import Event, EventType
 from core.settings import get_settings
 from core.signals import client_order_id_for
@@ -146,11 +147,11 @@ def _announce_failure(
         with runtime().database.unit_of_work() as uow:
             emit(
                 uow.session,
-                Event(
-                    type=EventType.ERROR_OCCURRED,
+                Event.of(
+                    EventType.ERROR_OCCURRED,
+                    ErrorOccurred(task=name, task_id=task_id, error=error),
                     source=name,
                     order_id=order_id,
-                    payload={"task": name, "task_id": task_id, "error": error},
                 ),
             )
             uow.commit()

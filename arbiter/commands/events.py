@@ -1,4 +1,5 @@
-"""`arbiter events`: read the event history, follow the live stream, publish an event."""
+"""`arbiter events`: read the event history, follow the live stream, publish an event, show
+each type's payload schema."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from arbiter.commands import common
 from core.errors import InvalidInput
-from core.events import Event, EventType, parse_event_type
+from core.events import Event, EventType, parse_event_type, payload_schemas
 from core.settings import Settings
 from db.engine import Database
 from db.event_history import list_events
@@ -50,7 +51,7 @@ BAD_TYPES = frozenset(
         EventType.ERROR_OCCURRED,
         EventType.RECONCILIATION_MISMATCH,
         EventType.ORDER_NEEDS_REVIEW,
-        EventType.STOP_LOSS_TRIGGERED,
+        EventType.POSITION_STOP_LOSS_TRIGGERED,
     }
 )
 GOOD_TYPES = frozenset(
@@ -276,3 +277,31 @@ def publish_command(
     finally:
         database.dispose()
     sys.stdout.write(event.to_json() + "\n")
+
+
+@app.command("schema")
+def schema_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: wire name -> JSON Schema.")
+    ] = False,
+) -> None:
+    """The payload of every event type, as JSON Schema."""
+    schemas = payload_schemas()
+    if as_json:
+        sys.stdout.write(json.dumps(schemas, indent=2, sort_keys=True) + "\n")
+        return
+    table = Table("type", "payload fields")
+    for name, schema in sorted(schemas.items()):
+        fields = _schema_fields(schema)
+        table.add_row(name, ", ".join(fields) if fields else "any JSON object")
+    Console(highlight=False).print(table)
+
+
+def _schema_fields(schema: dict[str, Any]) -> list[str]:
+    """Field names of a payload schema (a union's: of each variant)."""
+    definitions = schema.get("$defs", {})
+    variants = [definitions[ref["$ref"].rsplit("/", 1)[1]] for ref in schema.get("oneOf", [])]
+    names: list[str] = []
+    for variant in variants or [schema]:
+        names += [name for name in variant.get("properties", {}) if name not in names]
+    return names
