@@ -1,7 +1,8 @@
-"""db/settlement.settle on Postgres under hypothesis-generated brokerage reports for one order:
-fills sliced, reports duplicated and reordered, the rest cancelled, Arbiter's own cancel racing
-a fill. Fills are booked exactly once, the audit trail is a valid path, and the filled quantity
-is the largest one reported. The pure twin: tests/unit/test_state_properties.py."""
+"""service_layer/settlement.settle on Postgres under hypothesis-generated brokerage reports
+for one order: fills sliced, reports duplicated and reordered, the rest cancelled, Arbiter's own
+cancel racing a fill. Fills are booked exactly once, the audit trail is a valid path, and the
+filled quantity is the largest one reported. The pure twin: tests/unit/test_state_properties.py,
+which drives the same plan (core/settlement.py) without a database."""
 
 from __future__ import annotations
 
