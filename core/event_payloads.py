@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from core.brokerage import Side
 from core.conflicts import Resolution
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 
 
 class EventPayload(BaseModel):
@@ -51,7 +51,7 @@ class OrderTransitioned(EventPayload):
     reason: str | None
     filled_quantity: Decimal
     avg_fill_price: Decimal | None
-    cause: str | None = None
+    cause: TransitionCause
 
 
 class OrderNeedsReview(EventPayload):

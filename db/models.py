@@ -124,6 +124,8 @@ class OrderTransition(Base):
     to_state: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(128))
+    # core.states.TransitionCause: why the order moved (behaviour keys on this, not on actor).
+    cause: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp())
 
 

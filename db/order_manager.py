@@ -19,7 +19,7 @@ from core.errors import ArbiterError
 from core.event_payloads import EventPayload, OrderNeedsReview, OrderTransitioned
 from core.events import Event, EventType, transition_event_type
 from core.signals import Signal
-from core.states import OrderState, check_transition
+from core.states import OrderState, TransitionCause, check_transition
 from db.models import Order, OrderTransition, ReviewItem, Strategy
 from db.outbox import emit
 
@@ -143,7 +143,13 @@ class OrderManager:
             return existing, False
         # Inserting it locked the row for this transaction: no SELECT ... FOR UPDATE needed.
         self.session.info.setdefault(_LOCKED, set()).add(order.id)
-        self.transition(order, OrderState.SIGNAL_RECEIVED, reason="signal received", actor=actor)
+        self.transition(
+            order,
+            OrderState.SIGNAL_RECEIVED,
+            reason="signal received",
+            actor=actor,
+            cause=TransitionCause.SIGNAL_INTAKE,
+        )
         return order, True
 
     # -- changing ------------------------------------------------------------------------
@@ -155,6 +161,7 @@ class OrderManager:
         *,
         reason: str | None,
         actor: str,
+        cause: TransitionCause,
         events: Sequence[Event] = (),
         **changes: Any,
     ) -> Order:
@@ -173,6 +180,7 @@ class OrderManager:
                 to_state=target.value,
                 reason=reason,
                 actor=actor,
+                cause=cause.value,
             )
         )
         # No flush here: the audit row, events and the order's UPDATE go out together at the
@@ -190,6 +198,7 @@ class OrderManager:
                         reason=reason,
                         filled_quantity=order.filled_quantity,
                         avg_fill_price=order.avg_fill_price,
+                        cause=cause,
                     ),
                 ),
             )
@@ -231,7 +240,13 @@ class OrderManager:
         """Close the order's review entries, optionally moving it (audited) to `target`."""
         order = self.lock(order if isinstance(order, int) else order.id)
         if target is not None and target.value != order.state:
-            self.transition(order, target, reason=f"manual review: {note}", actor=actor)
+            self.transition(
+                order,
+                target,
+                reason=f"manual review: {note}",
+                actor=actor,
+                cause=TransitionCause.OPERATOR,
+            )
         order.needs_manual_review = False
         now = datetime.now(UTC)
         for item in self.session.scalars(

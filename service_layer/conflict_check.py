@@ -13,6 +13,7 @@ from core.conflicts import ConflictDecision, Ownership, Resolution, StrategyView
 from core.event_payloads import ConflictDecided
 from core.events import Event, EventType
 from core.states import OrderState
+from core.states import TransitionCause as C
 from db.kill_switch import kill_switch_on
 from db.models import ConflictLog, Order, Strategy, TickerOwnership
 from db.order_manager import OrderManager, order_event
@@ -32,7 +33,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
     assert order.ticker is not None and order.side is not None and order.quantity is not None
     if kill_switch_on(session):
         reason = "kill_switch: kill switch is on: no new orders accepted"
-        manager.transition(order, S.REJECTED, reason=reason, actor=actor)
+        manager.transition(order, S.REJECTED, reason=reason, actor=actor, cause=C.CONFLICT_CHECK)
         return order.id
     lock_ticker(session, order.ticker)
     strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
@@ -53,6 +54,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
             target,
             reason=reason,
             actor=actor,
+            cause=C.CONFLICT_CHECK,
             events=events,
             conflict_check_passed=passed,
             conflict_reasoning=decision.reasoning,

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from core.errors import InvalidSignal
 from core.signals import Signal, client_order_id_for
 from core.states import OrderState
+from core.states import TransitionCause as C
 from db.order_manager import OrderManager
 from db.strategies import strategy_by_name
 
@@ -36,14 +37,24 @@ def intake(session: Session, raw: Any, *, actor: str, message_id: str) -> int:
             actor=actor,
         )
         if created:
-            manager.transition(order, S.REJECTED, reason=f"malformed signal: {exc}", actor=actor)
+            manager.transition(
+                order,
+                S.REJECTED,
+                reason=f"malformed signal: {exc}",
+                actor=actor,
+                cause=C.SIGNAL_INTAKE,
+            )
         return order.id
 
     strategy = strategy_by_name(session, signal.strategy)
     order, created = manager.create_from_signal(signal, strategy, actor=actor)
     if created and strategy is None:
         manager.transition(
-            order, S.REJECTED, reason=f"unknown strategy {signal.strategy!r}", actor=actor
+            order,
+            S.REJECTED,
+            reason=f"unknown strategy {signal.strategy!r}",
+            actor=actor,
+            cause=C.SIGNAL_INTAKE,
         )
     return order.id
 

@@ -28,7 +28,8 @@ from core.brokerage import Brokerage, BrokerOrder, Side
 from core.errors import ArbiterError, BrokerageProtocolError, BrokerageUnavailable
 from core.event_payloads import UnknownOrderMismatch
 from core.events import Event, EventType
-from core.states import OrderState, is_terminal
+from core.states import BROKERAGE_CAUSES, OrderState, is_terminal
+from core.states import TransitionCause as C
 from db.engine import Database
 from db.models import (
     Order,
@@ -51,8 +52,6 @@ CONFIRM_PER_PASS = 20  # direct lookups confirming "unknown at the brokerage" be
 SINCE_MARGIN = timedelta(minutes=10)  # clock skew between us and the brokerage
 CANCEL_RACE_WINDOW_S = 600.0  # how long an order Arbiter cancelled itself is watched for fills
 
-# Actors that settle on the brokerage's word; a CANCELLED written by anyone else may race a fill.
-_SETTLING_ACTORS = ("arbiter.submit", ACTOR, "arbiter.startup_recovery")
 
 
 # -- reports ---------------------------------------------------------------------------------
@@ -246,7 +245,7 @@ def _candidates(session: Session, cancelled_after: datetime) -> list[_Snapshot]:
     cancelled_by_us = select(OrderTransition.order_id).where(
         OrderTransition.order_id == Order.id,
         OrderTransition.to_state == S.CANCELLED.value,
-        OrderTransition.actor.notin_(_SETTLING_ACTORS),
+        OrderTransition.cause.notin_([cause.value for cause in BROKERAGE_CAUSES]),
     )
     query = _snapshot_query().where(
         or_(
@@ -336,7 +335,9 @@ def _settle_one(
             sent_at = order.last_submit_at or order.created_at
             if sent_at >= now - timedelta(seconds=grace_s):
                 return None  # the submit may still be on its way
-            manager.transition(order, S.FAILED, reason=NEVER_RECEIVED, actor=actor)
+            manager.transition(
+                order, S.FAILED, reason=NEVER_RECEIVED, actor=actor, cause=C.RECONCILIATION
+            )
             if order.side == Side.BUY.value:
                 release_unfilled_claim(uow.session, order)
             note = NEVER_RECEIVED

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from core.brokerage import BrokerOrder, Side
 from core.settlement import BookFill, Move, Review, plan_settlement
-from core.states import OrderState, is_terminal
+from core.states import OrderState, TransitionCause, is_terminal
 from db.models import Fill, Order
 from db.order_manager import OrderManager
 from db.ownership import lock_ticker, release_if_unused
@@ -46,7 +46,13 @@ def settle(session: Session, order: Order, report: BrokerOrder, *, actor: str) -
     )
     for step in plan.steps:
         if isinstance(step, Move):
-            manager.transition(order, step.target, reason=step.reason, actor=actor)
+            manager.transition(
+                order,
+                step.target,
+                reason=step.reason,
+                actor=actor,
+                cause=TransitionCause.BROKERAGE_REPORT,
+            )
             result.transitions.append(step.target.value)
         elif isinstance(step, BookFill):
             result.filled = _book_fill(session, order, report, step)

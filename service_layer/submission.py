@@ -26,6 +26,7 @@ from core.errors import (
     DuplicateClientOrderId,
 )
 from core.states import OrderState
+from core.states import TransitionCause as C
 from db.engine import Database
 from db.kill_switch import kill_switch_on
 from db.models import Order
@@ -82,7 +83,13 @@ def begin_submit(
     if order.state != S.ORDER_PENDING.value:
         return None
     if order.submit_attempts == 0 and kill_switch_on(session):
-        manager.transition(order, S.CANCELLED, reason="kill switch is on: not sent", actor=ACTOR)
+        manager.transition(
+            order,
+            S.CANCELLED,
+            reason="kill switch is on: not sent",
+            actor=ACTOR,
+            cause=C.KILL_SWITCH,
+        )
         release_unfilled_claim(session, order)
         return None
     attempt = order.submit_attempts + 1
@@ -134,7 +141,13 @@ def record_rejection(
     order = manager.lock(order_id)
     on_order(order)
     if order.state == S.ORDER_PENDING.value:
-        manager.transition(order, S.REJECTED, reason=f"brokerage: {reason}", actor=ACTOR)
+        manager.transition(
+            order,
+            S.REJECTED,
+            reason=f"brokerage: {reason}",
+            actor=ACTOR,
+            cause=C.BROKERAGE_REPORT,
+        )
         release_unfilled_claim(session, order)
 
 

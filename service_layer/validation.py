@@ -9,6 +9,7 @@ from core.event_payloads import RiskLimitExceeded
 from core.events import EventType
 from core.risk import OrderFacts, RiskContext, RiskLimits, evaluate, first_failure
 from core.states import OrderState
+from core.states import TransitionCause as C
 from db.models import Strategy
 from db.order_manager import OrderManager, order_event
 from db.risk_counts import risk_snapshot
@@ -41,7 +42,9 @@ def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: st
     )
     failed = first_failure(verdicts)
     if failed is None:
-        manager.transition(order, S.VALIDATING, reason="risk checks passed", actor=actor)
+        manager.transition(
+            order, S.VALIDATING, reason="risk checks passed", actor=actor, cause=C.VALIDATION
+        )
         return order.id
     extra = []
     if failed.limit_exceeded:
@@ -53,6 +56,11 @@ def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: st
             )
         )
     manager.transition(
-        order, S.REJECTED, reason=f"{failed.rule}: {failed.reason}", actor=actor, events=extra
+        order,
+        S.REJECTED,
+        reason=f"{failed.rule}: {failed.reason}",
+        actor=actor,
+        cause=C.VALIDATION,
+        events=extra,
     )
     return order.id

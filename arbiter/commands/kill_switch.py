@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from arbiter.commands import common
 from core.errors import ArbiterError
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db import kill_switch as kill_switch_store
 from db.models import Order
 from db.order_manager import OrderManager
@@ -32,7 +32,13 @@ def cancel_received(session: Session, reason: str) -> int:
     for order_id in ids:
         order = manager.lock(order_id)
         if order.state == OrderState.SIGNAL_RECEIVED.value:
-            manager.transition(order, OrderState.CANCELLED, reason=reason, actor=ACTOR)
+            manager.transition(
+                order,
+                OrderState.CANCELLED,
+                reason=reason,
+                actor=ACTOR,
+                cause=TransitionCause.KILL_SWITCH,
+            )
             cancelled += 1
     return cancelled
 

@@ -96,8 +96,8 @@ def show(
     with common.unit_of_work() as uow:
         order = find_order(uow.session, key)
         transitions = [
-            {"from": t.from_state, "to": t.to_state, "reason": t.reason, "actor": t.actor,
-             "at": t.created_at}
+            {"from": t.from_state, "to": t.to_state, "reason": t.reason, "cause": t.cause,
+             "actor": t.actor, "at": t.created_at}
             for t in uow.session.scalars(
                 select(OrderTransition)
                 .where(OrderTransition.order_id == order.id)

@@ -30,7 +30,7 @@ from core.errors import InvalidInput
 from core.event_payloads import ConflictDecided, EventPayload, OrderTransitioned, PositionChanged
 from core.events import Event, EventType, channel_for
 from core.settings import get_settings
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.event_history import events_after, list_events, purge_older_than
 from db.models import EventRecord
@@ -72,7 +72,8 @@ def sample_payload(type_: EventType) -> EventPayload:
               EventType.ORDER_FILLED: OrderState.FULLY_FILLED,
               EventType.ORDER_CANCELLED: OrderState.CANCELLED}[type_]
     return OrderTransitioned(from_state=OrderState.ORDER_SENT, to_state=target, reason=None,
-                             filled_quantity=Decimal(0), avg_fill_price=None)
+                             filled_quantity=Decimal(0), avg_fill_price=None,
+                             cause=TransitionCause.BROKERAGE_REPORT)
 
 
 def event(type_: EventType = EventType.ORDER_SENT, **fields: Any) -> Event:

@@ -1,4 +1,5 @@
-"""The stop-loss event's wire name is position_stop_loss_triggered.
+"""The stop-loss event's wire name is position_stop_loss_triggered; every audit row records the
+cause of its transition (core.states.TransitionCause).
 
 Revision ID: 0006
 Revises: 0001
@@ -6,6 +7,7 @@ Revises: 0001
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -13,15 +15,35 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# Rows written before causes were recorded: the cause inferred from the writer and the move.
+_BACKFILL = """
+UPDATE order_transitions SET cause = CASE
+    WHEN to_state = 'SIGNAL_RECEIVED' OR actor = 'arbiter.intake' THEN 'signal_intake'
+    WHEN actor = 'arbiter.validate' THEN 'validation'
+    WHEN actor = 'arbiter.check_conflict' THEN 'conflict_check'
+    WHEN reason LIKE 'kill switch%' OR (actor = 'cli' AND to_state = 'CANCELLED'
+                                       AND reason NOT LIKE 'manual review:%') THEN 'kill_switch'
+    WHEN reason LIKE 'manual review:%' THEN 'operator'
+    WHEN to_state = 'FAILED' AND actor <> 'arbiter.submit' THEN 'reconciliation'
+    WHEN actor IN ('arbiter.submit', 'arbiter.reconcile_orders', 'arbiter.startup_recovery',
+                   'cli.reconcile') THEN 'brokerage_report'
+    ELSE 'operator'
+END
+"""
+
 
 def upgrade() -> None:
     op.execute(
         "UPDATE events SET type = 'position_stop_loss_triggered' "
         "WHERE type = 'stop_loss_triggered'"
     )
+    op.add_column("order_transitions", sa.Column("cause", sa.String(length=32), nullable=True))
+    op.execute(_BACKFILL)
+    op.alter_column("order_transitions", "cause", nullable=False)
 
 
 def downgrade() -> None:
+    op.drop_column("order_transitions", "cause")
     op.execute(
         "UPDATE events SET type = 'stop_loss_triggered' "
         "WHERE type = 'position_stop_loss_triggered'"
