@@ -3,7 +3,7 @@ map onto our order states. The brokerage is the source of truth; adapters live o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -39,14 +39,6 @@ class OrderRequest:
 
 
 @dataclass(frozen=True)
-class BrokerFill:
-    fill_id: str
-    quantity: Decimal
-    price: Decimal
-    filled_at: datetime | None = None
-
-
-@dataclass(frozen=True)
 class BrokerOrder:
     brokerage_order_id: str
     client_order_id: str
@@ -61,7 +53,6 @@ class BrokerOrder:
     reject_reason: str | None = None
     submitted_at: datetime | None = None
     updated_at: datetime | None = None
-    fills: tuple[BrokerFill, ...] = field(default_factory=tuple)
 
     @property
     def state(self) -> OrderState:

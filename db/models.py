@@ -130,15 +130,15 @@ class OrderTransition(Base):
 
 
 class TickerOwnership(Base):
-    """Who owns a ticker. Released rows stay as history; at most one live primary per ticker."""
+    """Who owns a ticker. Released rows stay as history; at most one live owner per ticker."""
 
     __tablename__ = "ticker_ownership"
     __table_args__ = (
         Index(
-            "uq_ticker_ownership_one_primary",
+            "uq_ticker_ownership_one_owner",
             "ticker",
             unique=True,
-            postgresql_where=text("is_primary AND released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
         ),
         Index("ix_ticker_ownership_strategy", "strategy_id"),
     )
@@ -146,7 +146,6 @@ class TickerOwnership(Base):
     id: Mapped[BigId]
     ticker: Mapped[str] = mapped_column(String(16))
     strategy_id: Mapped[int] = mapped_column(ForeignKey("strategies.id"))
-    is_primary: Mapped[bool] = mapped_column(server_default=text("true"))
     locked_until: Mapped[datetime | None]
     acquired_at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp())
     acquired_by_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))

@@ -42,7 +42,6 @@ def current_owner(session: Session, ticker: str) -> TickerOwnership | None:
     return session.scalar(
         select(TickerOwnership).where(
             TickerOwnership.ticker == ticker,
-            TickerOwnership.is_primary,
             TickerOwnership.released_at.is_(None),
         )
     )

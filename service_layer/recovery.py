@@ -46,18 +46,12 @@ class StalledReport:
     flagged: int = 0
 
 
-def recover_stalled(
-    database: Database, *, stalled_after_s: float, now: datetime | None = None
-) -> list[tuple[int, str]]:
-    """(order id, pipeline step to resume from) for orders stuck before submission; see
-    NEXT_STEP (the step `validate` is the task `arbiter.validate`). An order re-driven
-    MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead."""
-    return find_stalled(database, stalled_after_s=stalled_after_s, now=now).redrive
-
-
 def find_stalled(
     database: Database, *, stalled_after_s: float, now: datetime | None = None
 ) -> StalledReport:
+    """Orders stuck before submission, each with the pipeline step to resume from (`redrive`:
+    (order id, step); see NEXT_STEP, where the step `validate` is the task `arbiter.validate`).
+    An order re-driven MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=stalled_after_s)
     result = StalledReport()

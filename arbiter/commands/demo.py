@@ -161,12 +161,12 @@ def collect(database: Database, prefix: str, started: datetime) -> dict[str, Any
             for c in s.scalars(select(ConflictLog).where(ConflictLog.order_id.in_(run_orders))
                                .order_by(ConflictLog.id))
         ]  # fmt: skip
-        # Case 4 of the SPEC: another strategy owns the ticker. The rest are owners' own trades.
+        # Conflicts proper: another strategy owns the ticker. The rest are owners' own trades.
         conflicts = [c for c in decisions if c["requesting_strategy"] != c["owning_strategy"]]
         ownership = {
             o.ticker: {"strategy": o.strategy.name, "locked_until": o.locked_until}
             for o in s.scalars(select(TickerOwnership).where(
-                TickerOwnership.is_primary, TickerOwnership.released_at.is_(None)
+                TickerOwnership.released_at.is_(None)
             ).order_by(TickerOwnership.ticker))
         }  # fmt: skip
         positions: dict[str, dict[str, str]] = {}

@@ -178,7 +178,7 @@ def test_a_second_primary_owner_for_a_ticker_fails_at_the_database(db: Database)
         uow.commit()
     with db.unit_of_work() as uow:
         uow.session.add(TickerOwnership(ticker="MSFT", strategy_id=ids[1]))
-        with pytest.raises(IntegrityError, match="uq_ticker_ownership_one_primary"):
+        with pytest.raises(IntegrityError, match="uq_ticker_ownership_one_owner"):
             uow.session.flush()
 
 

@@ -26,7 +26,7 @@ from db.ownership import claim, current_owner
 from db.strategies import strategy_by_name
 from service_layer.position_check import reconcile_positions
 from service_layer.reconciliation import NEVER_RECEIVED, reconcile_open_orders
-from service_layer.recovery import MAX_REDRIVES, expire_ownership, recover_stalled, startup_recovery
+from service_layer.recovery import MAX_REDRIVES, expire_ownership, find_stalled, startup_recovery
 from service_layer.submission import request_for
 from tests.fixtures.simulator import Simulator, wait_for
 
@@ -418,8 +418,8 @@ def test_stalled_orders_are_listed_with_the_step_they_resume_from(db: Database) 
     attempted = build_order(db, to=S.ORDER_PENDING, attempts=1)  # reconciliation's business
     now = datetime.now(UTC)
 
-    assert recover_stalled(db, stalled_after_s=30, now=now) == []
-    later = recover_stalled(db, stalled_after_s=30, now=now + timedelta(seconds=60))
+    assert find_stalled(db, stalled_after_s=30, now=now).redrive == []
+    later = find_stalled(db, stalled_after_s=30, now=now + timedelta(seconds=60)).redrive
 
     assert sorted(later) == [
         (received.id, "validate"),
@@ -433,7 +433,7 @@ def test_an_order_stalled_too_often_goes_to_review_instead(db: Database) -> None
     built = build_order(db, to=S.VALIDATING)
     start = datetime.now(UTC)
     passes = [
-        recover_stalled(db, stalled_after_s=30, now=start + timedelta(seconds=60 * (i + 1)))
+        find_stalled(db, stalled_after_s=30, now=start + timedelta(seconds=60 * (i + 1))).redrive
         for i in range(MAX_REDRIVES + 2)
     ]
 

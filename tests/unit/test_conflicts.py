@@ -1,4 +1,4 @@
-"""Conflict rules: the SPEC's cases, and properties over random decisions."""
+"""Conflict rules: the four cases of core/conflicts.py, and properties over random decisions."""
 
 from __future__ import annotations
 

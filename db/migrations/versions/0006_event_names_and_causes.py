@@ -1,5 +1,6 @@
 """The stop-loss event's wire name is position_stop_loss_triggered; every audit row records the
-cause of its transition (core.states.TransitionCause).
+cause of its transition (core.states.TransitionCause); ticker ownership loses `is_primary`
+(always true: one owner per ticker, enforced by a unique index on live rows).
 
 Revision ID: 0006
 Revises: 0001
@@ -40,9 +41,30 @@ def upgrade() -> None:
     op.add_column("order_transitions", sa.Column("cause", sa.String(length=32), nullable=True))
     op.execute(_BACKFILL)
     op.alter_column("order_transitions", "cause", nullable=False)
+    op.drop_index("uq_ticker_ownership_one_primary", table_name="ticker_ownership")
+    op.drop_column("ticker_ownership", "is_primary")
+    op.create_index(
+        "uq_ticker_ownership_one_owner",
+        "ticker_ownership",
+        ["ticker"],
+        unique=True,
+        postgresql_where=sa.text("released_at IS NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("uq_ticker_ownership_one_owner", table_name="ticker_ownership")
+    op.add_column(
+        "ticker_ownership",
+        sa.Column("is_primary", sa.Boolean(), server_default=sa.text("true"), nullable=False),
+    )
+    op.create_index(
+        "uq_ticker_ownership_one_primary",
+        "ticker_ownership",
+        ["ticker"],
+        unique=True,
+        postgresql_where=sa.text("is_primary AND released_at IS NULL"),
+    )
     op.drop_column("order_transitions", "cause")
     op.execute(
         "UPDATE events SET type = 'stop_loss_triggered' "
