@@ -7,9 +7,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md beat_schedule.py ./
+COPY pyproject.toml README.md beat_schedule.py bootstrap.py ./
 COPY core ./core
 COPY db ./db
+COPY service_layer ./service_layer
+COPY strategy_client ./strategy_client
+COPY adapters ./adapters
 COPY tasks ./tasks
 COPY arbiter ./arbiter
 COPY brokersim ./brokersim

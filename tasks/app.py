@@ -1,4 +1,5 @@
-"""The Celery application: the one composition root for configuration.
+"""The Celery application, configured from the settings the entry point hands in (resources
+such as the database come from bootstrap.py, one runtime per process).
 
 Each setting below is chosen for this workload (money moves on these messages):
 """
@@ -65,6 +66,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,
+        # Read by tasks.pipeline.PipelineTask: transient errors are retried this often, the
+        # backoff capped far below the visibility timeout so a retry is never also redelivered.
+        "arbiter_max_retries": settings.submit_max_retries,
+        "arbiter_retry_backoff_max": max(1, min(30, settings.visibility_timeout_s // 3)),
     }
 
 

@@ -25,7 +25,6 @@ from sqlalchemy import select
 
 from core.event_payloads import SystemChanged
 from core.events import Event, EventType
-from core.settings import get_settings
 from db.models import Order
 from db.outbox import emit
 from service_layer import position_check, recovery
@@ -80,7 +79,7 @@ def exclusive(name: str, timeout_s: float, client: redis.Redis | None = None) ->
 
 def _intervals() -> dict[str, float]:
     """Each periodic task's interval (from settings, as the beat schedule uses them)."""
-    s = get_settings()
+    s = runtime().settings
     return {
         routing.RECONCILE_ORDERS: s.reconcile_interval_s,
         routing.RECOVER_STALLED: s.recover_stalled_interval_s,

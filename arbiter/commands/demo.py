@@ -28,6 +28,7 @@ from arbiter.commands import common
 from arbiter.services import postgres_reachable, redis_reachable
 from arbiter.stack import Stack, data_dir_of, owner_pid, read_env_file
 from arbiter.supervisor import ChildFailed, Shutdown, signals_ignored, sigterm_as_shutdown
+from bootstrap import bootstrap
 from core.errors import OperationalError
 from core.settings import Settings
 from core.states import TERMINAL_STATES
@@ -310,7 +311,9 @@ def demo(
 
 def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: bool,
         out: Console, quiet: bool) -> dict[str, Any]:
-    database = Database(urls["ARBITER_DATABASE_URL"], pool_size=2, application_name="arbiter-demo")
+    rt = bootstrap(settings.model_copy(update={"database_url": urls["ARBITER_DATABASE_URL"]}),
+                   application_name="arbiter-demo", pool_size=2)
+    database = rt.database
     try:
         if fresh:
             truncate(database)
@@ -349,7 +352,7 @@ def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: 
         finished = time.monotonic()
         summary = collect(database, run_id, started_at)
     finally:
-        database.dispose()
+        rt.close()
     coids = set(progress.coids)
     at_brokerage, duplicates = brokerage_counts(settings, urls["ARBITER_BROKERAGE_URL"], coids)
     elapsed = max(finished - (progress.first_sent or started), 1e-6)

@@ -58,15 +58,13 @@ def open_at_brokerage(session: Session) -> list[str]:
 def cancel_at_brokerage(brokerage_ids: list[str]) -> tuple[int, list[str]]:
     """Ask the brokerage to cancel each order; reconciliation records the outcome (a fill
     that beat the cancel is still booked). Returns (requested, failures)."""
-    from adapters.alpaca import AlpacaBrokerage
-
-    brokerage = AlpacaBrokerage.from_settings(common.settings())
     failures = []
-    for brokerage_id in brokerage_ids:
-        try:
-            brokerage.cancel(brokerage_id)
-        except ArbiterError as exc:
-            failures.append(f"{brokerage_id}: {exc}")
+    with common.runtime() as rt:
+        for brokerage_id in brokerage_ids:
+            try:
+                rt.brokerage.cancel(brokerage_id)
+            except ArbiterError as exc:
+                failures.append(f"{brokerage_id}: {exc}")
     return len(brokerage_ids) - len(failures), failures
 
 
