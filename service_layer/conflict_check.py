@@ -97,21 +97,6 @@ def _record_decision(
     if owner_row is None or strategy is None:
         return []
     assert order.ticker is not None and order.side is not None
-    session.add(
-        ConflictLog(
-            order_id=order.id,
-            ticker=order.ticker,
-            requesting_strategy_id=strategy.id,
-            owning_strategy_id=owner_row.strategy_id,
-            requesting_priority=strategy.priority,
-            owning_priority=owner_row.strategy.priority,
-            action=order.side,
-            resolution=decision.resolution.value,
-            reasoning=decision.reasoning,
-        )
-    )
-    if not decision.conflict:
-        return []
     conflict = ConflictDecided(
         ticker=order.ticker,
         requesting_strategy_id=strategy.id,
@@ -124,6 +109,13 @@ def _record_decision(
         resolution=decision.resolution,
         reasoning=decision.reasoning,
     )
+    # The log row holds what the events say, the strategies by id only.
+    logged = conflict.model_dump(
+        mode="json", exclude={"requesting_strategy_name", "owning_strategy_name"}
+    )
+    session.add(ConflictLog(order_id=order.id, **logged))
+    if not decision.conflict:
+        return []
     outcome = (
         EventType.ORDER_BLOCKED_BY_CONFLICT
         if decision.resolution is Resolution.BLOCKED

@@ -33,6 +33,13 @@ END
 """
 
 
+def _one_owner_index(name: str, where: str) -> None:
+    """At most one live owner per ticker, enforced by the database."""
+    op.create_index(
+        name, "ticker_ownership", ["ticker"], unique=True, postgresql_where=sa.text(where)
+    )
+
+
 def upgrade() -> None:
     op.execute(
         "UPDATE events SET type = 'position_stop_loss_triggered' "
@@ -43,13 +50,7 @@ def upgrade() -> None:
     op.alter_column("order_transitions", "cause", nullable=False)
     op.drop_index("uq_ticker_ownership_one_primary", table_name="ticker_ownership")
     op.drop_column("ticker_ownership", "is_primary")
-    op.create_index(
-        "uq_ticker_ownership_one_owner",
-        "ticker_ownership",
-        ["ticker"],
-        unique=True,
-        postgresql_where=sa.text("released_at IS NULL"),
-    )
+    _one_owner_index("uq_ticker_ownership_one_owner", "released_at IS NULL")
 
 
 def downgrade() -> None:
@@ -58,13 +59,7 @@ def downgrade() -> None:
         "ticker_ownership",
         sa.Column("is_primary", sa.Boolean(), server_default=sa.text("true"), nullable=False),
     )
-    op.create_index(
-        "uq_ticker_ownership_one_primary",
-        "ticker_ownership",
-        ["ticker"],
-        unique=True,
-        postgresql_where=sa.text("is_primary AND released_at IS NULL"),
-    )
+    _one_owner_index("uq_ticker_ownership_one_primary", "is_primary AND released_at IS NULL")
     op.drop_column("order_transitions", "cause")
     op.execute(
         "UPDATE events SET type = 'stop_loss_triggered' "
