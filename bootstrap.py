@@ -1,9 +1,9 @@
 """The composition root: `bootstrap(settings)` builds the one runtime a process uses.
 
 Worker, beat, the CLI (and a web app) all start here: settings are read once by the entry
-point and handed in; the database, event publisher, Redis client, brokerage and notifier adapters are
-built from them on first use, and nothing else in the process builds its own. Nothing here
-reads settings at import time.
+point and handed in; the database, event publisher, Redis client, brokerage and notifier
+adapters are built from them on first use, and nothing else in the process builds its own.
+Nothing here reads settings at import time.
 """
 
 from __future__ import annotations
