@@ -149,3 +149,26 @@ def test_a_reconciliation_mismatch_is_told_apart_by_its_kind() -> None:
         assert parsed == payload
     with pytest.raises(InvalidInput):
         parse_payload(EventType.RECONCILIATION_MISMATCH, {"kind": "other", "reason": "?"})
+
+
+def test_a_transition_payload_carries_its_cause() -> None:
+    from core.event_payloads import OrderTransitioned
+    from core.states import OrderState, TransitionCause
+
+    payload = OrderTransitioned(from_state=OrderState.ORDER_SENT,
+                                to_state=OrderState.CANCELLED, reason="kill switch",
+                                filled_quantity=Decimal(0), avg_fill_price=None,
+                                cause=TransitionCause.KILL_SWITCH)
+    assert payload.to_wire()["cause"] == "kill_switch"
+    assert payload.to_wire()["to_state"] == "CANCELLED"
+
+
+def test_a_payload_is_immutable() -> None:
+    with pytest.raises(ValueError, match="frozen"):
+        CONFLICT.reasoning = "changed"  # type: ignore[misc]
+
+
+def test_ownership_acquired_says_primary_by_default() -> None:
+    acquired = OwnershipAcquired(ticker="NVDA", strategy_id=1, strategy_name="long_term",
+                                 reasoning="NVDA has no owner", ownership_id=7, locked_until=None)
+    assert acquired.to_wire()["ownership_type"] == "primary"

@@ -83,3 +83,40 @@ def test_a_different_final_word_on_a_final_order_is_flagged() -> None:
 def test_a_status_that_cannot_follow_the_current_state_is_flagged() -> None:
     plan = plan_settlement(S.VALIDATING, ZERO, None, report("canceled"))
     assert plan.review == "brokerage status canceled cannot follow VALIDATING"
+
+
+def test_a_sent_order_reported_new_again_changes_nothing() -> None:
+    assert plan_settlement(S.ORDER_SENT, ZERO, None, report("new")).steps == ()
+
+
+def test_a_sent_order_partly_filled_moves_to_partial_with_its_fill() -> None:
+    plan = plan_settlement(S.ORDER_SENT, ZERO, None, report("partially_filled", "3", "7"))
+    assert plan.steps == (
+        BookFill(FillIncrement(Decimal(3), Decimal(7)), Decimal(3), Decimal(7)),
+        Move(S.PARTIAL_FILLED, "brokerage: partially_filled"),
+    )
+
+
+def test_the_rest_cancelled_after_a_partial_fill_ends_cancelled() -> None:
+    plan = plan_settlement(S.PARTIAL_FILLED, Decimal(3), Decimal(7), report("canceled", "3", "7"))
+    assert plan.steps == (Move(S.CANCELLED, "brokerage: canceled"),)
+
+
+def test_a_pending_order_the_brokerage_rejected_is_rejected_without_acceptance() -> None:
+    plan = plan_settlement(S.ORDER_PENDING, ZERO, None, report("rejected"))
+    assert plan.moves == [Move(S.REJECTED, "brokerage: rejected")]
+
+
+def test_a_pending_order_the_brokerage_cancelled_is_cancelled_directly() -> None:
+    plan = plan_settlement(S.ORDER_PENDING, ZERO, None, report("expired"))
+    assert plan.moves == [Move(S.CANCELLED, "brokerage: expired")]
+
+
+def test_a_repeated_final_report_on_a_filled_order_changes_nothing() -> None:
+    assert plan_settlement(S.FULLY_FILLED, Decimal(10), Decimal(5),
+                           report("filled", "10", "5")).steps == ()
+
+
+def test_a_fill_reported_on_a_rejected_order_is_booked_and_flagged() -> None:
+    plan = plan_settlement(S.REJECTED, ZERO, None, report("partially_filled", "2", "9"))
+    assert plan.fill is not None and plan.review is not None and plan.moves == []
