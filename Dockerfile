@@ -16,9 +16,6 @@ COPY adapters ./adapters
 COPY tasks ./tasks
 COPY arbiter ./arbiter
 COPY brokersim ./brokersim
-COPY service_layer ./service_layer
-COPY strategy_client ./strategy_client
-COPY adapters ./adapters
 COPY web ./web
 RUN pip install . \
     && useradd --create-home --uid 10001 arbiter \

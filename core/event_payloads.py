@@ -147,6 +147,19 @@ class StrategyToggled(EventPayload):
     released_tickers: list[str]
 
 
+class StrategyUpdated(EventPayload):
+    """A strategy created (`created`, with its priority, horizon, config) or changed
+    (`changes`: field -> [old, new])."""
+
+    by: str
+    reason: str | None = None
+    changes: dict[str, list[Any]] | None = None
+    created: bool = False
+    priority: int | None = None
+    horizon: str | None = None
+    config: dict[str, Any] | None = None
+
+
 class KillSwitchToggled(EventPayload):
     reason: str | None
 

@@ -116,6 +116,7 @@ PAYLOAD_MODELS: dict[EventType, tuple[type[p.EventPayload], ...]] = {
     _T.POSITION_STOP_LOSS_TRIGGERED: (p.StopLossTriggered,),
     _T.STRATEGY_ACTIVATED: (p.StrategyToggled,),
     _T.STRATEGY_DEACTIVATED: (p.StrategyToggled,),
+    _T.STRATEGY_UPDATED: (p.StrategyUpdated,),
     _T.KILL_SWITCH_ACTIVATED: (p.KillSwitchToggled,),
     _T.KILL_SWITCH_DEACTIVATED: (p.KillSwitchToggled,),
     _T.RECONCILIATION_MISMATCH: (p.UnknownOrderMismatch, p.PositionMismatch),

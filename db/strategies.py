@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
-from core.event_payloads import StrategyToggled
+from core.event_payloads import StrategyToggled, StrategyUpdated
 from core.events import Event, EventType
 from core.signals import STRATEGY_PATTERN
 from core.strategies import Horizon
@@ -128,8 +128,9 @@ def update_strategy(
     strategy.config = config
     emit(
         session,
-        Event(type=EventType.STRATEGY_UPDATED, source=actor, strategy=name,
-              payload={"changes": changes, "reason": reason, "by": actor}),
+        Event.of(EventType.STRATEGY_UPDATED,
+                 StrategyUpdated(changes=changes, reason=reason, by=actor),
+                 source=actor, strategy=name),
     )  # fmt: skip
     session.flush()
     return strategy
@@ -139,7 +140,8 @@ def announce_created(session: Session, strategy: Strategy, *, actor: str) -> Non
     """The STRATEGY_UPDATED event of a new strategy (every change is in the history)."""
     emit(
         session,
-        Event(type=EventType.STRATEGY_UPDATED, source=actor, strategy=strategy.name,
-              payload={"created": True, "priority": strategy.priority,
-                       "horizon": strategy.horizon, "config": strategy.config, "by": actor}),
+        Event.of(EventType.STRATEGY_UPDATED,
+                 StrategyUpdated(created=True, priority=strategy.priority,
+                                 horizon=strategy.horizon, config=strategy.config, by=actor),
+                 source=actor, strategy=strategy.name),
     )  # fmt: skip

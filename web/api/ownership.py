@@ -70,7 +70,7 @@ def ownership_map(_: ReadAccess, rt: Rt) -> JSONResponse:
             select(TickerOwnership, Position.quantity)
             .outerjoin(Position, and_(Position.strategy_id == TickerOwnership.strategy_id,
                                       Position.ticker == TickerOwnership.ticker))
-            .where(TickerOwnership.is_primary, TickerOwnership.released_at.is_(None))
+            .where(TickerOwnership.released_at.is_(None))
             .order_by(TickerOwnership.ticker)
         ).tuples()  # fmt: skip
         items = [ownership_row(row, now, quantity or Decimal(0)) for row, quantity in rows]
