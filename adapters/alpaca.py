@@ -4,7 +4,8 @@ simulator at the same URL shape).
 alpaca-py's own errors are translated into core.errors with `raise ... from exc`:
 
     requests Timeout / ConnectionError, HTTP 5xx, HTTP 429    -> BrokerageUnavailable
-    HTTP 401 / 403                                            -> BrokerageAuthError
+    HTTP 401, 403 about access (no code, or "unauthorized"...) -> BrokerageAuthError
+    HTTP 403 with a business reason ("insufficient buying power") -> BrokerageRejected
     HTTP 422 "client_order_id must be unique"                 -> DuplicateClientOrderId
     any other HTTP 4xx                                        -> BrokerageRejected(reason)
     a body that is not JSON or not the expected shape         -> BrokerageProtocolError
@@ -79,6 +80,27 @@ def _error_body(exc: APIError) -> tuple[int | None, str]:
     return None, text[:200]
 
 
+# Words of a 403 that is about who is asking, not about the order.
+_CREDENTIAL_WORDS = (
+    "unauthorized",
+    "not authorized",
+    "forbidden",
+    "authenticat",
+    "api key",
+    "access key",
+    "secret",
+    "credential",
+    "permission",
+)
+
+
+def _refuses_credentials(code: int | None, message: str) -> bool:
+    """Alpaca answers 403 both for credentials and for business refusals; only a body with an
+    error code and a message that is not about access is a refusal of the order."""
+    text = message.lower()
+    return code is None or any(word in text for word in _CREDENTIAL_WORDS)
+
+
 def translate(exc: Exception) -> Exception:
     """The core.errors exception for a vendor exception (raise the result `from exc`)."""
     if isinstance(exc, requests.exceptions.JSONDecodeError):
@@ -93,8 +115,12 @@ def translate(exc: Exception) -> Exception:
     if isinstance(exc, APIError):
         status = exc.status_code
         code, message = _error_body(exc)
-        if status in (401, 403):
+        if status == 401 or (status == 403 and _refuses_credentials(code, message)):
             return BrokerageAuthError(f"brokerage refused the credentials ({status}): {message}")
+        if status == 403:
+            # A business refusal (insufficient buying power, a potential wash trade...): the
+            # order is REJECTED with Alpaca's reason, not an outage of the credentials.
+            return BrokerageRejected(message or f"HTTP 403 (code {code})", status_code=status)
         if status is None or status == 429 or status >= 500:
             return BrokerageUnavailable(f"brokerage unavailable ({status}): {message}")
         if status == 422 and "client_order_id" in message and "unique" in message:

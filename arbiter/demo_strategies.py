@@ -109,13 +109,14 @@ def run_strategy(
     go: Event,
     progress: Queue[tuple[str, str, str | None]],
     pause_s: float,
+    key: str,
 ) -> None:
     """Process body: send the setup signals, wait for `go`, then stream the rest at a steady
     pace. Reports ("sent", strategy, client_order_id), ("setup-done", ...), ("done", ...)."""
     sys.stdout = sys.stderr  # the parent's stdout may carry --json output
     from strategy_client.client import SignalClient
 
-    client = SignalClient(redis_url)
+    client = SignalClient(redis_url, keys=key)
     try:
         planned = [PlannedSignal(**s) for s in signals]
         for signal in (s for s in planned if s.phase == "setup"):

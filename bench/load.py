@@ -84,7 +84,8 @@ class Arbiter:
     _FAILED = ("REJECTED", "FAILED", "CANCELLED")
 
     def __init__(self, redis_url: str, pg: Postgres) -> None:
-        self.client = SignalClient(redis_url)
+        keys = dict(pg.query("SELECT name, signing_key FROM strategies"))
+        self.client = SignalClient(redis_url, keys=keys)
         self.pg = pg
         self.watermark = 0
 

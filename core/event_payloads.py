@@ -208,8 +208,10 @@ class SystemChanged(ExternalPayload):
 
 
 class ErrorOccurred(ExternalPayload):
-    """A failure; Arbiter's pipeline names the task that failed for good."""
+    """A failure; Arbiter's pipeline names the task that failed for good. A signal intake
+    never recorded after every resend is a `dead_letter` (its reason in `error`)."""
 
+    kind: Literal["dead_letter"] | None = None
     task: str | None = None
     task_id: str | None = None
     error: str | None = None

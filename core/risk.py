@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from core.signals import TICKER_PATTERN
+from core.signals import TICKER_PATTERN, is_name
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def evaluate(order: OrderFacts, limits: RiskLimits, ctx: RiskContext) -> list[Ri
         RiskVerdict("strategy_active", ctx.strategy_active, "strategy is inactive"),
         RiskVerdict(
             "ticker_format",
-            bool(TICKER_PATTERN.match(order.ticker)),
+            is_name(TICKER_PATTERN, order.ticker),
             f"{order.ticker!r} is not a valid ticker",
         ),
         RiskVerdict("quantity_positive", order.quantity > 0, "quantity must be greater than 0"),

@@ -41,10 +41,19 @@ class Settings(BaseSettings):
     max_open_orders_per_strategy: int = 500
     max_signals_per_minute: int = 600
 
+    # Intake bounds, checked before anything is written (README "Bounds under a flood"): per
+    # strategy, and for everything that names no known, authenticated strategy together.
+    intake_max_per_minute: int = Field(default=1200, gt=0)
+    intake_max_untrusted_per_minute: int = Field(default=60, gt=0)
+    # A signed signal older than this (by the database's clock) is refused as stale.
+    signal_max_age_s: float = Field(default=3600.0, gt=0)
+    # A lost signal resent this often and still not recorded goes to review (a dead letter).
+    pending_max_resends: int = Field(default=5, gt=0)
+
     # Celery.
-    task_time_limit_s: int = 120
-    visibility_timeout_s: int = 3600
-    submit_max_retries: int = 5
+    task_time_limit_s: int = Field(default=120, gt=0)
+    visibility_timeout_s: int = Field(default=3600, gt=0)
+    submit_max_retries: int = Field(default=5, ge=0)
 
     # Beat schedule and recovery.
     reconcile_interval_s: float = 5.0
@@ -100,6 +109,35 @@ class Settings(BaseSettings):
                 f"defaults but ARBITER_BROKERAGE_URL points at {host}: set real keys"
             )
         return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that only make sense together, refused at start-up with the reason."""
+        backoff_max = retry_backoff_max_s(self.visibility_timeout_s)
+        if self.visibility_timeout_s <= self.task_time_limit_s + backoff_max:
+            raise ValueError(
+                f"ARBITER_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"ARBITER_TASK_TIME_LIMIT_S ({self.task_time_limit_s}) plus the longest retry "
+                f"backoff ({backoff_max} s), or a running or retrying task is delivered twice"
+            )
+        # Each attempt refreshes last_submit_at (by the database's clock) and a retry looks
+        # the order up before it POSTs, so one attempt is what the grace must outlast: its
+        # POST (up to the brokerage timeout) and the brokerage still working on a request the
+        # client gave up on (as long again).
+        attempt_s = 2 * self.brokerage_timeout_s
+        if self.never_received_grace_s <= attempt_s:
+            raise ValueError(
+                f"ARBITER_NEVER_RECEIVED_GRACE_S ({self.never_received_grace_s}) must exceed "
+                f"twice ARBITER_BROKERAGE_TIMEOUT_S ({self.brokerage_timeout_s}), or an order "
+                "whose submission is still on its way is failed as never received"
+            )
+        return self
+
+
+def retry_backoff_max_s(visibility_timeout_s: int) -> int:
+    """The longest backoff between task retries (tasks/pipeline.py), kept far below the
+    visibility timeout so that a retry is never also redelivered."""
+    return max(1, min(30, visibility_timeout_s // 3))
 
 
 @lru_cache(maxsize=1)

@@ -13,11 +13,30 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from core.brokerage import OrderType, Side, TimeInForce
 from core.errors import InvalidSignal
 
-TICKER_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,5}([.\-][A-Z]{1,2})?$")
-STRATEGY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-SIGNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+# Matched whole (fullmatch, ASCII only): `$` would accept a trailing newline, and Unicode
+# letters would pass `upper()` into something else ("\u017ft" becomes "ST").
+TICKER_PATTERN = re.compile(r"[A-Z][A-Z0-9]{0,5}([.\-][A-Z]{1,2})?", re.ASCII)
+STRATEGY_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
+SIGNAL_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,100}", re.ASCII)
 # Beyond this a quantity is not a trading decision but a bug (the risk limits are far lower).
 ABSURD_QUANTITY = Decimal("1e9")
+MAX_PRICE = Decimal("1e7")
+# The order store keeps 9 decimals (NUMERIC(24, 9)): a finer number would be stored as
+# something else (0.0000000001 as 0), so it is refused here instead.
+STEP = Decimal("0.000000001")
+SHOWN = 40  # at most this much of a bad value is quoted back in an error
+
+
+def shown(value: Any) -> str:
+    """A bad value for an error message: its repr, cut short (a 1 MB ticker stays a line)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
+
+
+def is_name(pattern: re.Pattern[str], value: object) -> bool:
+    """`value` is a str matching `pattern` whole, in ASCII."""
+    return isinstance(value, str) and value.isascii() and pattern.fullmatch(value) is not None
+
 
 _NAMESPACE = uuid.UUID("6f2b7c52-8f1e-4d0e-9a53-7b4f0f3a8e11")
 
@@ -35,9 +54,20 @@ def _decimal(value: Any, field: str) -> Decimal:
     try:
         number = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValueError(f"not a number: {value!r}") from None
+        raise ValueError(f"not a number: {shown(value)}") from None
     if not number.is_finite():
         raise ValueError("must be finite")
+    return number
+
+
+def _bounded(number: Decimal, upper: Decimal, what: str) -> Decimal:
+    """Positive, below `upper`, and exactly representable with 9 decimals."""
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    if number >= upper:
+        raise ValueError(f"{shown(str(number))} is absurdly large for a {what}")
+    if number != number.quantize(STEP):
+        raise ValueError("has more than 9 decimal places")
     return number
 
 
@@ -57,54 +87,49 @@ class Signal(BaseModel):
 
     @field_validator("strategy", mode="before")
     @classmethod
-    def _strategy(cls, value: Any) -> str:
-        if not isinstance(value, str) or not STRATEGY_PATTERN.match(value):
-            raise ValueError("must be a strategy name like 'long_term' (lowercase, a-z0-9_)")
-        return value
+    def _strategy(cls, value: object) -> str:
+        if is_name(STRATEGY_PATTERN, value):
+            return str(value)
+        raise ValueError("must be a strategy name like 'long_term' (lowercase, a-z0-9_)")
 
     @field_validator("signal_id", mode="before")
     @classmethod
-    def _signal_id(cls, value: Any) -> str:
-        if not isinstance(value, str) or not SIGNAL_ID_PATTERN.match(value):
-            raise ValueError("must be 1-100 characters of A-Z a-z 0-9 _ . : -")
-        return value
+    def _signal_id(cls, value: object) -> str:
+        if is_name(SIGNAL_ID_PATTERN, value):
+            return str(value)
+        raise ValueError("must be 1-100 characters of A-Z a-z 0-9 _ . : -")
 
     @field_validator("ticker", mode="before")
     @classmethod
     def _ticker(cls, value: Any) -> str:
         if not isinstance(value, str):
             raise ValueError(f"must be a string, got {type(value).__name__}")
-        ticker = value.strip().upper()
-        if not TICKER_PATTERN.match(ticker):
-            raise ValueError(f"{value!r} is not a ticker (1-6 letters/digits, e.g. AAPL, BRK.B)")
+        ticker = value.strip().upper() if value.isascii() else value
+        if not is_name(TICKER_PATTERN, ticker):
+            raise ValueError(
+                f"{shown(value)} is not a ticker (1-6 ASCII letters/digits, e.g. AAPL, BRK.B)"
+            )
         return ticker
 
     @field_validator("side", "order_type", "time_in_force", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
+        return value.strip().lower() if isinstance(value, str) and value.isascii() else value
 
     @field_validator("quantity", mode="before")
     @classmethod
     def _quantity(cls, value: Any) -> Decimal:
-        quantity = _decimal(value, "quantity")
-        if quantity <= 0:
-            raise ValueError("must be greater than 0")
-        if quantity >= ABSURD_QUANTITY:
-            raise ValueError(f"{quantity} is absurdly large")
-        if quantity != quantity.quantize(Decimal("0.000000001")):
-            raise ValueError("has more than 9 decimal places")
-        return quantity
+        return _bounded(_decimal(value, "quantity"), ABSURD_QUANTITY, "quantity")
 
     @field_validator("limit_price", mode="before")
     @classmethod
     def _limit_price(cls, value: Any) -> Decimal | None:
         if value is None:
             return None
-        price = _decimal(value, "limit_price")
-        if price <= 0 or price >= Decimal("1e7"):
-            raise ValueError("must be a positive price below 10,000,000")
-        return price
+        try:
+            return _bounded(_decimal(value, "limit_price"), MAX_PRICE, "price")
+        except ValueError as exc:
+            raise ValueError(f"must be a positive price below 10,000,000: {exc}") from None
 
     @model_validator(mode="after")
     def _limit_needs_price(self) -> Signal:

@@ -7,7 +7,6 @@ database's last word should any code path forget it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import func, select, text
@@ -23,6 +22,7 @@ from core.events import Event, EventType
 from core.positions import PositionState, merge
 from core.states import TERMINAL_STATES
 from core.strategies import lock_until
+from db.clock import db_now
 from db.models import Order, Position, Strategy, TickerOwnership
 from db.outbox import emit
 from db.positions import get_or_create_position
@@ -58,7 +58,7 @@ def _ownership_event(
 def claim(
     session: Session, ticker: str, strategy: Strategy, order_id: int | None, reason: str
 ) -> TickerOwnership:
-    now = datetime.now(UTC)
+    now = db_now(session)
     row = TickerOwnership(
         ticker=ticker,
         strategy_id=strategy.id,
@@ -109,7 +109,7 @@ def transfer(
     row.released_at = func.clock_timestamp()
     row.release_reason = f"transferred to {to.name}"
     session.flush()
-    now = datetime.now(UTC)
+    now = db_now(session)
     new_row = TickerOwnership(
         ticker=row.ticker,
         strategy_id=to.id,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
 from core.event_payloads import StrategyToggled, StrategyUpdated
 from core.events import Event, EventType
-from core.signals import STRATEGY_PATTERN
+from core.signals import STRATEGY_PATTERN, is_name
 from core.strategies import Horizon
-from db.models import Strategy
+from core.strategy_config import StrategyConfig
+from db.models import NEW_KEY, Strategy
 from db.outbox import emit
 from db.ownership import release_for_strategy
 
@@ -40,7 +41,13 @@ def add_strategy(
     display_name: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> Strategy:
-    if not STRATEGY_PATTERN.match(name):
+    if priority < 0 or priority > 1_000_000:
+        raise InvalidInput(f"priority {priority}: use 0 to 1,000,000")
+    if display_name is not None and not (
+        0 < len(display_name) <= 128 and display_name.isprintable()
+    ):
+        raise InvalidInput("display name: 1 to 128 printable characters")
+    if not is_name(STRATEGY_PATTERN, name):
         raise InvalidInput(f"strategy name {name!r}: use lowercase letters, digits and _")
     if horizon not in {h.value for h in Horizon}:
         raise InvalidInput(f"horizon {horizon!r}: use short, medium or long")
@@ -51,11 +58,29 @@ def add_strategy(
         display_name=display_name or name.replace("_", " ").title(),
         priority=priority,
         horizon=horizon,
-        config=config or {},
+        config=StrategyConfig.parse(config or {}).stored(),
     )
     session.add(strategy)
     session.flush()
     return strategy
+
+
+def set_config(session: Session, name: str, config: dict[str, Any]) -> Strategy:
+    """Replace a strategy's configuration, validated (core/strategy_config.py) first."""
+    strategy = require_strategy(session, name)
+    strategy.config = StrategyConfig.parse(config).stored()
+    session.flush()
+    return strategy
+
+
+def signing_key(session: Session, name: str, *, rotate: bool = False) -> str:
+    """The strategy's signing key; `rotate` draws a new one (signals signed with the old key
+    are refused from then on)."""
+    strategy = require_strategy(session, name)
+    if rotate:
+        strategy.signing_key = session.scalar(select(text(NEW_KEY)))
+        session.flush()
+    return strategy.signing_key
 
 
 def set_active(session: Session, name: str, active: bool, reason: str) -> Strategy:
@@ -125,7 +150,7 @@ def update_strategy(
         strategy.display_name = display_name
     if not changes:
         return strategy
-    strategy.config = config
+    strategy.config = StrategyConfig.parse(config).stored()
     emit(
         session,
         Event.of(EventType.STRATEGY_UPDATED,
@@ -145,3 +170,9 @@ def announce_created(session: Session, strategy: Strategy, *, actor: str) -> Non
                                  horizon=strategy.horizon, config=strategy.config, by=actor),
                  source=actor, strategy=strategy.name),
     )  # fmt: skip
+
+
+def signing_keys(session: Session) -> dict[str, str]:
+    """Every strategy's signing key by name (for a process that runs several strategies:
+    the demo, the chaos runner, tests)."""
+    return dict(session.execute(select(Strategy.name, Strategy.signing_key)).tuples().all())

@@ -4,8 +4,6 @@ with the reasoning). Every decision on an owned ticker is a conflict-log row."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy.orm import Session
 
 from core.brokerage import Side
@@ -14,6 +12,7 @@ from core.event_payloads import ConflictDecided
 from core.events import Event, EventType
 from core.states import OrderState
 from core.states import TransitionCause as C
+from db.clock import db_now
 from db.kill_switch import kill_switch_on
 from db.models import ConflictLog, Order, Strategy, TickerOwnership
 from db.order_manager import OrderManager, order_event
@@ -28,7 +27,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
     """Ownership decision and claim, in one transaction under the ticker's lock."""
     manager = OrderManager(session)
     order = manager.lock(order_id)
-    if order.state != S.VALIDATING.value:
+    if order.state != S.VALIDATING.value or order.needs_manual_review:  # see validation
         return order.id
     assert order.ticker is not None and order.side is not None and order.quantity is not None
     if kill_switch_on(session):
@@ -44,7 +43,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
         order.ticker,
         Side(order.side),
         _ownership(session, owner_row, order) if owner_row else None,
-        datetime.now(UTC),
+        db_now(session),  # lock expiry on the database's clock, never a worker's
     )
     events = _record_decision(session, order, strategy, owner_row, decision)
 

@@ -1,80 +1,175 @@
-"""Intake: a signal becomes an order (SIGNAL_RECEIVED), or a malformed one is recorded REJECTED.
+"""Intake: a signal becomes an order (SIGNAL_RECEIVED), or a refused one is recorded REJECTED.
 
 A repeated (strategy, signal_id) maps to the same row, so a redelivered message creates nothing.
+
+Refused at intake, with the reason on the REJECTED order: a malformed signal, an unknown
+strategy, a signal not signed by its strategy (`unauthenticated`, service_layer/
+authentication.py), and a signal the database cannot store (a non-transient error).
+
+Bounded storage: before anything is written, the signal is counted against its bucket for the
+last minute (by the database's clock): its strategy's (`IntakeBounds.per_minute`), or, for
+everything that names no known, authenticated strategy, one shared untrusted bucket
+(`untrusted_per_minute`). Over the bound, nothing is written and intake returns None (the
+chain stops). Error texts are cut to MAX_ERROR characters.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidSignal
-from core.signals import Signal, client_order_id_for
+from core.signals import (
+    SIGNAL_ID_PATTERN,
+    STRATEGY_PATTERN,
+    Signal,
+    client_order_id_for,
+    is_name,
+)
+from core.signing import split
 from core.states import OrderState
 from core.states import TransitionCause as C
+from db.models import Order, Strategy
 from db.order_manager import OrderManager
 from db.strategies import strategy_by_name
+from service_layer.authentication import UNAUTHENTICATED, verify_signal
 
+log = logging.getLogger(__name__)
 S = OrderState
+MAX_ERROR = 500  # characters of an error text kept (it is stored on the order and its events)
+UNTRUSTED = "untrusted"
 
 
-def intake(session: Session, raw: Any, *, actor: str, message_id: str) -> int:
-    """Persist a signal as an order (SIGNAL_RECEIVED), or record a malformed one REJECTED.
-    A repeated (strategy, signal_id) returns the existing order and creates nothing."""
+@dataclass(frozen=True)
+class IntakeBounds:
+    per_minute: int = 1200
+    untrusted_per_minute: int = 60
+    signal_max_age_s: float = 3600.0
+
+
+def intake(
+    session: Session,
+    raw: Any,
+    *,
+    actor: str,
+    message_id: str,
+    bounds: IntakeBounds = IntakeBounds(),
+) -> int | None:
+    """Persist a signal as an order (SIGNAL_RECEIVED), or record a refused one REJECTED.
+    A repeated (strategy, signal_id) returns the existing order and creates nothing. None
+    when the signal's bucket is full: nothing was written."""
     manager = OrderManager(session)
+    body, signed_at, signature = split(raw) if isinstance(raw, dict) else (raw, None, None)
     try:
-        signal = Signal.parse(raw)
+        signal = Signal.parse(body)
     except InvalidSignal as exc:
+        if not _within(session, None, bounds.untrusted_per_minute):
+            return None
         strategy_name, signal_id = _identity_of(raw, message_id)
-        order, created = manager.create_malformed(
-            client_order_id=client_order_id_for(strategy_name, signal_id),
-            strategy_name=strategy_name,
-            signal_id=signal_id,
-            raw=_json_safe(raw),
-            error=str(exc),
-            actor=actor,
-        )
+        return _refuse(manager, raw, strategy_name, signal_id, f"malformed signal: {exc}", actor)
+
+    existing = manager.find_by_client_order_id(signal.client_order_id)
+    if existing is not None:
+        return existing.id
+    strategy = strategy_by_name(session, signal.strategy)
+    if strategy is None:
+        if not _within(session, None, bounds.untrusted_per_minute):
+            return None
+        order, created = manager.create_from_signal(signal, None, actor=actor)
         if created:
             manager.transition(
                 order,
                 S.REJECTED,
-                reason=f"malformed signal: {exc}",
+                reason=f"unknown strategy {signal.strategy!r}",
                 actor=actor,
                 cause=C.SIGNAL_INTAKE,
             )
         return order.id
-
-    strategy = strategy_by_name(session, signal.strategy)
-    order, created = manager.create_from_signal(signal, strategy, actor=actor)
-    if created and strategy is None:
-        manager.transition(
-            order,
-            S.REJECTED,
-            reason=f"unknown strategy {signal.strategy!r}",
-            actor=actor,
-            cause=C.SIGNAL_INTAKE,
+    why = verify_signal(
+        session, strategy, signal, signed_at, signature, max_age_s=bounds.signal_max_age_s
+    )
+    if why is not None:
+        if not _within(session, None, bounds.untrusted_per_minute):
+            return None
+        # Kept apart from the strategy's own signal ids: a forgery cannot take one.
+        signal_id = f"{UNAUTHENTICATED}-{message_id}"[:128]
+        return _refuse(manager, raw, signal.strategy, signal_id, f"{UNAUTHENTICATED}: {why}", actor)
+    if not _within(session, strategy, bounds.per_minute):
+        return None
+    try:
+        with session.begin_nested():
+            order, _created = manager.create_from_signal(signal, strategy, actor=actor)
+            return order.id
+    except (OperationalError, InterfaceError):
+        raise  # transient: the task retries
+    except DBAPIError as exc:
+        # The database will never take this signal (a constraint, a value out of range):
+        # rejected with the reason, so that it is neither retried nor resent for ever.
+        cause = exc.orig or exc
+        first_line = (str(cause).strip().splitlines() or [""])[0]
+        reason = f"cannot be stored: {type(cause).__name__}: {first_line}"
+        log.warning("signal %s refused by the database: %s", signal.client_order_id, reason)
+        return _refuse(
+            manager, raw, signal.strategy, f"unstorable-{message_id}"[:128], reason, actor
         )
+
+
+def _refuse(
+    manager: OrderManager, raw: Any, strategy_name: str, signal_id: str, reason: str, actor: str
+) -> int:
+    reason = reason if len(reason) <= MAX_ERROR else reason[: MAX_ERROR - 3] + "..."
+    order, created = manager.create_malformed(
+        client_order_id=client_order_id_for(strategy_name, signal_id),
+        strategy_name=strategy_name,
+        signal_id=signal_id,
+        raw=_json_safe(raw),
+        error=reason,
+        actor=actor,
+    )
+    if created:
+        manager.transition(order, S.REJECTED, reason=reason, actor=actor, cause=C.SIGNAL_INTAKE)
     return order.id
 
 
+def _within(session: Session, strategy: Strategy | None, per_minute: int) -> bool:
+    """Room in the bucket for one more signal this minute. The bucket's advisory lock makes
+    count-then-insert exact: intakes of one bucket take turns until they commit."""
+    bucket = f"intake:{strategy.id if strategy is not None else UNTRUSTED}"
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(bucket))))
+    query = select(func.count()).select_from(Order)
+    query = query.where(Order.created_at > func.now() - text("interval '1 minute'"))
+    if strategy is None:
+        query = query.where(Order.strategy_id.is_(None))
+    else:
+        query = query.where(Order.strategy_name == strategy.name, Order.strategy_id == strategy.id)
+    count = int(session.scalar(query) or 0)
+    if count >= per_minute:
+        log.warning(
+            "intake: %s is over %d signals a minute: dropped unrecorded", bucket, per_minute
+        )
+        return False
+    return True
+
+
 def _identity_of(raw: Any, message_id: str) -> tuple[str, str]:
-    """Best-effort key for a malformed signal, so that a redelivery maps to the same row."""
+    """Best-effort key for a malformed signal, so that a redelivery (or the strategy sending
+    it again) maps to the same row."""
     strategy = raw.get("strategy") if isinstance(raw, dict) else None
     signal_id = raw.get("signal_id") if isinstance(raw, dict) else None
-    strategy = strategy if isinstance(strategy, str) and 0 < len(strategy) <= 64 else "unknown"
-    signal_id = (
-        signal_id
-        if isinstance(signal_id, str) and 0 < len(signal_id) <= 100
-        else f"malformed-{message_id}"
-    )
-    return strategy, signal_id
+    name = str(strategy) if is_name(STRATEGY_PATTERN, strategy) else "unknown"
+    key = str(signal_id) if is_name(SIGNAL_ID_PATTERN, signal_id) else f"malformed-{message_id}"
+    return name, key[:128]
 
 
 def _json_safe(raw: Any) -> Any:
     try:
-        text = json.dumps(raw, default=str)
+        text_ = json.dumps(raw, default=str)
     except (TypeError, ValueError):
-        text = json.dumps(repr(raw))
-    return json.loads(text[:10_000]) if len(text) <= 10_000 else text[:10_000]
+        text_ = json.dumps(repr(raw))
+    return json.loads(text_) if len(text_) <= 10_000 else text_[:10_000]

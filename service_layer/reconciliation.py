@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,11 +25,17 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage, BrokerOrder, Side
-from core.errors import ArbiterError, BrokerageProtocolError, BrokerageUnavailable
+from core.errors import (
+    ArbiterError,
+    BrokerageProtocolError,
+    BrokerageRejected,
+    BrokerageUnavailable,
+)
 from core.event_payloads import UnknownOrderMismatch
 from core.events import Event, EventType
 from core.states import BROKERAGE_CAUSES, OrderState, is_terminal
 from core.states import TransitionCause as C
+from db.clock import db_now
 from db.engine import Database
 from db.models import (
     Order,
@@ -51,7 +57,6 @@ DIRECT_LOOKUPS_MAX = 10  # more orders not open at the brokerage than this: one 
 CONFIRM_PER_PASS = 20  # direct lookups confirming "unknown at the brokerage" before acting on it
 SINCE_MARGIN = timedelta(minutes=10)  # clock skew between us and the brokerage
 CANCEL_RACE_WINDOW_S = 600.0  # how long an order Arbiter cancelled itself is watched for fills
-
 
 
 # -- reports ---------------------------------------------------------------------------------
@@ -130,7 +135,6 @@ def reconcile_open_orders(
     brokerage: Brokerage,
     *,
     never_received_grace_s: float,
-    now: datetime | None = None,
     cancel_race_window_s: float = CANCEL_RACE_WINDOW_S,
     actor: str = ACTOR,
     after_first_commit: Callable[[], None] | None = None,
@@ -138,10 +142,10 @@ def reconcile_open_orders(
     """Bring every order the brokerage may hold in line with it; see the module docstring.
     `after_first_commit` runs once the first order of the pass is committed (the Celery task
     hangs its `mid_reconciliation` crash point there)."""
-    now = now or datetime.now(UTC)
     report = ReconcileReport()
     counter = _CallCounter(brokerage)
     with database.unit_of_work() as uow:
+        now = db_now(uow.session)  # every age below is on the database's clock
         candidates = _candidates(uow.session, now - timedelta(seconds=cancel_race_window_s))
 
     counter.tick()
@@ -197,6 +201,13 @@ def reconcile_open_orders(
                 report.errors += 1
                 continue
         if not _needs_work(snap, broker, now, never_received_grace_s):
+            continue
+        if broker is not None and is_terminal(OrderState(snap.state)) and _live(broker):
+            # Final here, live there: nobody owns or watches it. Cancel it, and tell a human.
+            counter.tick()
+            stray = _cancel_stray(database, brokerage, snap, broker, actor)
+            if stray is not None:
+                _count(report, stray)
             continue
         try:
             change = _settle_one(database, snap, broker, now, never_received_grace_s, actor)
@@ -303,10 +314,52 @@ def _needs_work(snap: _Snapshot, broker: BrokerOrder | None, now: datetime, grac
     if broker.filled_quantity > snap.filled_quantity:
         return True  # a fill is never dropped, whatever state we hold
     if is_terminal(state):
-        # Dead here but live there: a human must look (a pending cancel is not news).
-        live_there = not is_terminal(theirs) and state is not S.CANCELLED
-        return live_there and not snap.needs_manual_review
+        return _live(broker)  # dead here but live there (a pending cancel is not news)
     return theirs is not state or snap.brokerage_order_id is None
+
+
+def _live(broker: BrokerOrder) -> bool:
+    """The brokerage may still fill it: open, and no cancel under way."""
+    try:
+        return not is_terminal(broker.state) and broker.status.lower() != "pending_cancel"
+    except ArbiterError:
+        return False
+
+
+def _cancel_stray(
+    database: Database, brokerage: Brokerage, snap: _Snapshot, broker: BrokerOrder, actor: str
+) -> OrderChange | None:
+    """An order final here (FAILED, CANCELLED, REJECTED...) but open at the brokerage: ask the
+    brokerage to cancel it, book any fill it already has, and flag it for review (an
+    ORDER_NEEDS_REVIEW event)."""
+    try:
+        brokerage.cancel(broker.brokerage_order_id)
+        outcome = "cancel requested"
+    except BrokerageRejected as exc:
+        outcome = f"the brokerage refused the cancel: {exc}"
+    except _UNREADABLE as exc:
+        outcome = f"cancel failed, retried next pass: {exc}"
+    with database.unit_of_work() as uow:
+        manager = OrderManager(uow.session)
+        order = manager.lock(snap.id)
+        if not is_terminal(OrderState(order.state)):
+            return None
+        result = settle(uow.session, order, broker, actor=actor)
+        reason = (
+            f"{order.state} here but {broker.status} at the brokerage "
+            f"({broker.brokerage_order_id}): {outcome}"
+        )
+        manager.flag_for_review(order, reason, actor=actor)
+        uow.commit()
+        return OrderChange(
+            order.id,
+            order.client_order_id,
+            order.ticker,
+            order.state,
+            order.state,
+            result.filled,
+            reason,
+        )
 
 
 def _settle_one(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -16,6 +16,7 @@ from core.event_payloads import EventPayload, RecoveryCompleted, RecoveryStarted
 from core.events import Event, EventType
 from core.settings import Settings
 from core.states import OrderState
+from db.clock import db_now
 from db.engine import Database
 from db.models import (
     Order,
@@ -46,16 +47,15 @@ class StalledReport:
     flagged: int = 0
 
 
-def find_stalled(
-    database: Database, *, stalled_after_s: float, now: datetime | None = None
-) -> StalledReport:
+def find_stalled(database: Database, *, stalled_after_s: float) -> StalledReport:
     """Orders stuck before submission, each with the pipeline step to resume from (`redrive`:
     (order id, step); see NEXT_STEP, where the step `validate` is the task `arbiter.validate`).
-    An order re-driven MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead."""
-    now = now or datetime.now(UTC)
-    cutoff = now - timedelta(seconds=stalled_after_s)
+    An order re-driven MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead.
+    Ages by the database's clock. An order flagged for review is a human's: never re-driven."""
     result = StalledReport()
     with database.unit_of_work() as uow:
+        now = db_now(uow.session)
+        cutoff = now - timedelta(seconds=stalled_after_s)
         stalled = list(
             uow.session.scalars(
                 select(Order.id)

@@ -2,7 +2,10 @@
 
 Three short transactions around one brokerage call:
 1. begin: lock the order, record the attempt (so reconciliation knows the brokerage may hold
-   the order), or stop if it is no longer ORDER_PENDING or the kill switch is on;
+   the order), or stop if it is no longer ORDER_PENDING, is flagged for review, or the kill
+   switch stopped it before its first attempt. With the switch on and an attempt already
+   made, the order is only looked up, never POSTed: found, it is cancelled at the brokerage;
+   not found, it is CANCELLED here (reconciliation cancels a POST that lands later);
 2. send once: on a retry, ask the brokerage by client_order_id before creating anything;
 3. record the answer: ORDER_SENT and whatever fills it reports (through settlement), or
    REJECTED with the brokerage's reason.
@@ -12,10 +15,11 @@ backoff) and the order stays ORDER_PENDING until the brokerage is asked.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage, BrokerOrder, OrderRequest, OrderType, Side, TimeInForce
@@ -25,7 +29,7 @@ from core.errors import (
     BrokerageUnavailable,
     DuplicateClientOrderId,
 )
-from core.states import OrderState
+from core.states import OrderState, is_terminal
 from core.states import TransitionCause as C
 from db.engine import Database
 from db.kill_switch import kill_switch_on
@@ -41,6 +45,9 @@ ACTOR = "arbiter.submit"
 class SubmitPlan:
     request: OrderRequest
     attempt: int
+    # The kill switch is on and an earlier attempt may have reached the brokerage: look the
+    # order up and cancel it there, never POST.
+    withdraw: bool = False
 
 
 def submit(
@@ -59,6 +66,9 @@ def submit(
         uow.commit()
     if plan is None:
         return
+    if plan.withdraw:
+        withdraw(database, brokerage, order_id, plan, on_order=on_order)
+        return
     try:
         report = send_once(brokerage, plan)
     except BrokerageRejected as exc:
@@ -76,25 +86,68 @@ def begin_submit(
     session: Session, order_id: int, *, on_order: Callable[[Order], None] = lambda _o: None
 ) -> SubmitPlan | None:
     """Record a submit attempt before calling the brokerage. None when the order is not
-    ORDER_PENDING any more, or the kill switch stopped it before its first attempt."""
+    ORDER_PENDING any more, is flagged for review (a human decides), or the kill switch
+    stopped it before its first attempt; a withdrawal plan when the switch is on after one."""
     manager = OrderManager(session)
     order = manager.lock(order_id)
     on_order(order)
-    if order.state != S.ORDER_PENDING.value:
+    if order.state != S.ORDER_PENDING.value or order.needs_manual_review:
         return None
-    if order.submit_attempts == 0 and kill_switch_on(session):
-        manager.transition(
-            order,
-            S.CANCELLED,
-            reason="kill switch is on: not sent",
-            actor=ACTOR,
-            cause=C.KILL_SWITCH,
-        )
-        release_unfilled_claim(session, order)
-        return None
+    if kill_switch_on(session):
+        if order.submit_attempts == 0:
+            manager.transition(
+                order,
+                S.CANCELLED,
+                reason="kill switch is on: not sent",
+                actor=ACTOR,
+                cause=C.KILL_SWITCH,
+            )
+            release_unfilled_claim(session, order)
+            return None
+        return SubmitPlan(request_for(order), order.submit_attempts, withdraw=True)
     attempt = order.submit_attempts + 1
-    manager.update(order, submit_attempts=attempt, last_submit_at=datetime.now(UTC))
+    # The database's clock: reconciliation compares it with its own now(), never a worker's.
+    manager.update(order, submit_attempts=attempt, last_submit_at=func.now())
     return SubmitPlan(request_for(order), attempt)
+
+
+def withdraw(
+    database: Database,
+    brokerage: Brokerage,
+    order_id: int,
+    plan: SubmitPlan,
+    *,
+    on_order: Callable[[Order], None] = lambda _o: None,
+) -> None:
+    """Kill switch on after an attempt: find the order at the brokerage and cancel it there
+    (settling what it reports, a fill that beat the cancel included), or, when the brokerage
+    does not have it, CANCEL it here. Nothing is ever POSTed."""
+    coid = plan.request.client_order_id
+    try:
+        found = brokerage.get_by_client_order_id(coid)
+        if found is not None and not is_terminal(found.state):
+            with contextlib.suppress(BrokerageRejected):  # filled meanwhile: settled below
+                brokerage.cancel(found.brokerage_order_id)
+            found = brokerage.get_by_client_order_id(coid) or found
+    except BrokerageProtocolError as exc:
+        raise BrokerageUnavailable(f"unreadable brokerage answer: {exc}") from exc
+    with database.unit_of_work() as uow:
+        manager = OrderManager(uow.session)
+        order = manager.lock(order_id)
+        on_order(order)
+        if order.state == S.ORDER_PENDING.value:
+            if found is not None:
+                settle(uow.session, order, found, actor=ACTOR)
+            else:
+                manager.transition(
+                    order,
+                    S.CANCELLED,
+                    reason="kill switch is on: not found at the brokerage, not sent again",
+                    actor=ACTOR,
+                    cause=C.KILL_SWITCH,
+                )
+                release_unfilled_claim(uow.session, order)
+        uow.commit()
 
 
 def send_once(brokerage: Brokerage, plan: SubmitPlan) -> BrokerOrder:

@@ -20,7 +20,8 @@ S = OrderState
 def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: str) -> int:
     manager = OrderManager(session)
     order = manager.lock(order_id)
-    if order.state != S.SIGNAL_RECEIVED.value:
+    if order.state != S.SIGNAL_RECEIVED.value or order.needs_manual_review:
+        # Moved on, or flagged for review: a human decides, no step executes it.
         return order.id
     assert order.ticker is not None and order.quantity is not None
     strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None

@@ -1,5 +1,9 @@
 """Events from other processes (strategies, an AI war room): checked, stored in the durable
-history in a transaction of their own, then published like Arbiter's own events."""
+history in a transaction of their own, then published like Arbiter's own events.
+
+They are marked external (their source reads `external:<publisher>`), may not use Arbiter's
+own sources (`arbiter...`, `worker`, `cli`) nor its system types (ERROR_OCCURRED, SYSTEM_*),
+and an order they name must exist."""
 
 from __future__ import annotations
 
@@ -11,24 +15,33 @@ from typing import Any
 from core.errors import InvalidInput
 from core.events import EXTERNAL_EVENT_TYPES, Event, EventType, parse_event_type, parse_payload
 from db.engine import Database, UnitOfWork
+from db.models import Order
 from db.outbox import emit
 from db.publisher import EventPublisher
 
 MAX_EXTERNAL_PAYLOAD_BYTES = 64 * 1024
 MAX_PAYLOAD_DEPTH = 32
-MAX_SOURCE_LENGTH = 64
+MAX_SOURCE_LENGTH = 48
+EXTERNAL_PREFIX = "external:"
+# Types only Arbiter's own processes may state (a forged ERROR_OCCURRED or SYSTEM_STOPPED
+# would mislead operators and the notifiers that page on them).
+SYSTEM_TYPES = frozenset(
+    {EventType.ERROR_OCCURRED, EventType.SYSTEM_STARTED, EventType.SYSTEM_STOPPED}
+)
+ALLOWED_TYPES = EXTERNAL_EVENT_TYPES - SYSTEM_TYPES
+RESERVED_SOURCES = ("arbiter", "worker", "cli", "beat", "external")
 
 
 def external_event_type(value: EventType | str) -> EventType:
     """The type an external producer may publish, or InvalidInput listing those allowed."""
-    allowed = ", ".join(sorted(member.value for member in EXTERNAL_EVENT_TYPES))
+    allowed = ", ".join(sorted(member.value for member in ALLOWED_TYPES))
     try:
         event_type = parse_event_type(value)
     except InvalidInput:
         raise InvalidInput(
             f"unknown event type {value!r}; other processes may publish: {allowed}"
         ) from None
-    if event_type not in EXTERNAL_EVENT_TYPES:
+    if event_type not in ALLOWED_TYPES:
         raise InvalidInput(
             f"{event_type.value} is published by Arbiter itself; other processes "
             f"may publish: {allowed}"
@@ -78,6 +91,10 @@ def validate_external(
         raise InvalidInput("source must be a non-empty string naming the publisher")
     if len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
         raise InvalidInput(f"source must be at most {MAX_SOURCE_LENGTH} printable characters")
+    if source.strip().lower().startswith(RESERVED_SOURCES):
+        raise InvalidInput(
+            f"source {source.strip()!r} is reserved for Arbiter; name your own process"
+        )
     if not isinstance(payload, Mapping):
         raise InvalidInput(f"payload must be a JSON object, not {type(payload).__name__}")
     _check_json(payload, "")
@@ -94,7 +111,7 @@ def validate_external(
     parse_payload(event_type, payload)
     return Event(
         type=event_type,
-        source=source.strip(),
+        source=EXTERNAL_PREFIX + source.strip(),
         payload=dict(payload),
         strategy=strategy,
         ticker=ticker,
@@ -119,6 +136,8 @@ def publish_external(
         type, source=source, payload=payload, strategy=strategy, ticker=ticker, order_id=order_id
     )
     with UnitOfWork(database.sessions, publisher.after_commit_for(database)) as uow:
+        if event.order_id is not None and uow.session.get(Order, event.order_id) is None:
+            raise InvalidInput(f"order_id {event.order_id} names no order")
         emit(uow.session, event)
         uow.commit()
     return event

@@ -234,6 +234,12 @@ class EventSubscriber:
                 "ignoring a message on %s that is not an event envelope", message.get("channel")
             )
             return
+        channel = message.get("channel")
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        if channel != channel_for(event.type, self.channel_prefix):
+            # A forged or misrouted envelope: its type must be the one of its channel.
+            log.warning("dropping a %s envelope published on %s", event.type.value, channel)
+            return
         self._deliver(event, None)
 
     def _deliver(self, event: Event, seq: int | None) -> None:

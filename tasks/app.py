@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu.entity import Queue
 
-from core.settings import DEFAULT_REDIS_URL, Settings, get_settings
+from core.settings import DEFAULT_REDIS_URL, Settings, get_settings, retry_backoff_max_s
 from strategy_client.routing import (
     MAINTENANCE_QUEUE,
     NOTIFICATIONS_QUEUE,
@@ -69,7 +69,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # Read by tasks.pipeline.PipelineTask: transient errors are retried this often, the
         # backoff capped far below the visibility timeout so a retry is never also redelivered.
         "arbiter_max_retries": settings.submit_max_retries,
-        "arbiter_retry_backoff_max": max(1, min(30, settings.visibility_timeout_s // 3)),
+        "arbiter_retry_backoff_max": retry_backoff_max_s(settings.visibility_timeout_s),
     }
 
 

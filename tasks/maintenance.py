@@ -9,12 +9,13 @@ left to expire, so that workers starting together run it once).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -23,14 +24,17 @@ from celery.signals import worker_ready, worker_shutdown
 from redis.exceptions import LockError
 from sqlalchemy import select
 
-from core.event_payloads import SystemChanged
+from core.event_payloads import ErrorOccurred, SystemChanged
 from core.events import Event, EventType
-from db.models import Order
+from core.settings import Settings
+from db.clock import db_now
+from db.engine import Database
+from db.models import Order, ReviewItem
 from db.outbox import emit
 from service_layer import position_check, recovery
 from service_layer import reconciliation as reconcile
 from strategy_client import pending, routing
-from tasks import metrics
+from tasks import backlog, metrics
 from tasks.app import get_app
 from tasks.crashpoints import crash_point
 from tasks.runtime import runtime
@@ -125,35 +129,103 @@ def recover_stalled() -> dict[str, Any]:
     with exclusive(routing.RECOVER_STALLED, _lock_timeout()) as held:
         if not held:
             return SKIPPED
-        found = recovery.find_stalled(rt.database, stalled_after_s=rt.settings.stalled_after_s)
-        redrive(recover_stalled.app, found.redrive)
-        resent = resend_lost_signals(recover_stalled.app)
-    return {"redriven": len(found.redrive), "flagged": found.flagged, "resent": resent}
+        return sweep(recover_stalled.app, rt.database, rt.redis, rt.settings)
 
 
-def resend_lost_signals(app: Celery) -> int:
+PIPELINE_QUEUES = (routing.SIGNALS_QUEUE, routing.ORDERS_QUEUE)
+
+
+def sweep(
+    app: Celery, database: Database, client: redis.Redis, settings: Settings
+) -> dict[str, Any]:
+    """Re-drive stalled orders and resend lost signals; what merely waits behind a backlog is
+    not stalled, so the backlog's age is added to every threshold."""
+    seen_waiting_s = backlog.oldest_waiting_s(client, PIPELINE_QUEUES)
+    # A backlog first seen now may be as old as one sweep interval (the watch's resolution).
+    waiting_s = (
+        0.0 if seen_waiting_s is None else seen_waiting_s + settings.recover_stalled_interval_s
+    )
+    found = recovery.find_stalled(database, stalled_after_s=settings.stalled_after_s + waiting_s)
+    redrive(app, found.redrive)
+    resent, dead = resend_lost_signals(app, database, client, settings, waiting_s=waiting_s)
+    return {
+        "redriven": len(found.redrive),
+        "flagged": found.flagged + dead,
+        "resent": resent,
+        "waiting_s": round(waiting_s, 1),
+    }
+
+
+def resend_lost_signals(
+    app: Celery,
+    database: Database,
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    waiting_s: float = 0.0,
+) -> tuple[int, int]:
     """Signals the client noted but intake never recorded (strategy_client/pending.py): those
-    with an order already are forgotten, the others enqueued again."""
-    rt = runtime()
-    overdue = pending.overdue(rt.redis, older_than_s=2 * rt.settings.stalled_after_s)
+    with an order already are forgotten, the others enqueued again; one resent
+    `pending_max_resends` times goes to review instead (a dead letter). (resent, dead)."""
+    overdue = pending.overdue(client, older_than_s=2 * settings.stalled_after_s + waiting_s)
     if not overdue:
-        return 0
-    with rt.database.unit_of_work() as uow:
+        return 0, 0
+    with database.unit_of_work() as uow:
         recorded = set(
             uow.session.scalars(
                 select(Order.client_order_id).where(Order.client_order_id.in_(list(overdue)))
             )
         )
-    resent = 0
-    for client_order_id, message in overdue.items():
+    resent = dead = 0
+    for client_order_id, entry in overdue.items():
         if client_order_id in recorded:
-            pending.forget(rt.redis, client_order_id)
+            pending.forget(client, client_order_id)
+            continue
+        if entry.resends >= settings.pending_max_resends:
+            _dead_letter(database, client_order_id, entry)
+            pending.forget(client, client_order_id)
+            dead += 1
             continue
         log.warning("signal %s was never recorded: enqueueing it again", client_order_id)
-        pending.remember(rt.redis, client_order_id, message)  # restart its clock
-        routing.send_pipeline(app, message)
+        # Restarts its clock and counts the resend.
+        pending.remember(client, client_order_id, entry.message, resends=entry.resends + 1)
+        routing.send_pipeline(app, entry.message)
         resent += 1
-    return resent
+    return resent, dead
+
+
+def _dead_letter(database: Database, client_order_id: str, entry: pending.Entry) -> None:
+    """A signal intake never recorded after every resend: a review item and an event."""
+    reason = (
+        f"signal {client_order_id} was resent {entry.resends} times and never recorded: "
+        "intake cannot take it (see the worker log); it is no longer resent"
+    )
+    log.error("%s", reason)
+    message = entry.message if isinstance(entry.message, dict) else {}
+    ticker = message.get("ticker") if isinstance(message.get("ticker"), str) else None
+    with database.unit_of_work() as uow:
+        details = {"client_order_id": client_order_id, "message": jsonable_message(message)}
+        uow.session.add(
+            ReviewItem(
+                kind="signal", ticker=(ticker or "")[:16] or None, reason=reason, details=details
+            )
+        )
+        emit(
+            uow.session,
+            Event.of(
+                EventType.ERROR_OCCURRED,
+                ErrorOccurred(kind="dead_letter", task=routing.RECOVER_STALLED, error=reason),
+                source=routing.RECOVER_STALLED,
+                client_order_id=client_order_id,
+            ),
+        )
+        uow.commit()
+
+
+def jsonable_message(message: dict[str, Any]) -> dict[str, Any]:
+    """The dead letter's message for the review item, without its signature, capped."""
+    text = json.dumps({k: v for k, v in message.items() if k != "signature"}, default=str)
+    return {"json": text[:10_000]}
 
 
 @shared_task(name=routing.RECONCILE_POSITIONS)
@@ -188,7 +260,8 @@ def expire_ownership() -> dict[str, Any]:
     with exclusive(routing.EXPIRE_OWNERSHIP, _lock_timeout()) as held:
         if not held:
             return SKIPPED
-        now = datetime.now(UTC)
+        with rt.database.unit_of_work() as uow:
+            now = db_now(uow.session)
         since = now - timedelta(seconds=rt.settings.expire_locks_interval_s)
         released = recovery.expire_ownership(rt.database)
         expired = recovery.locks_expired_between(rt.database, since, now)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 from core.errors import BrokerageUnavailable, InvalidInput
 from core.event_payloads import ErrorOccurred
 from core.events import Event, EventType
+from core.settings import Settings
 from core.signals import client_order_id_for
 from db.engine import UnitOfWork
 from db.order_manager import locked_orders
@@ -56,18 +57,34 @@ class PipelineTask(Task):  # type: ignore[misc]
 
 
 @shared_task(name=routing.INTAKE, bind=True, base=PipelineTask)
-def intake(self: Task, *args: Any, **kwargs: Any) -> int:
+def intake(self: Task, *args: Any, **kwargs: Any) -> int | None:
     """Record the signal. Any message shape is accepted here, so that a malformed one is
-    recorded REJECTED with its reason instead of failing in Celery's argument binding."""
+    recorded REJECTED with its reason instead of failing in Celery's argument binding. A
+    signal over its intake bound is dropped unrecorded and the rest of the chain with it."""
     raw_signal = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
-    with runtime().database.unit_of_work() as uow:
+    rt = runtime()
+    with rt.database.unit_of_work() as uow:
         order_id = intake_service.intake(
-            uow.session, raw_signal, actor=routing.INTAKE, message_id=str(self.request.id)
+            uow.session,
+            raw_signal,
+            actor=routing.INTAKE,
+            message_id=str(self.request.id),
+            bounds=intake_bounds(rt.settings),
         )
         _bind_log_context(uow)
         uow.commit()
     _forget_pending(raw_signal)
+    if order_id is None:
+        self.request.chain = None  # nothing to validate: the later links are not sent
     return order_id
+
+
+def intake_bounds(settings: Settings) -> intake_service.IntakeBounds:
+    return intake_service.IntakeBounds(
+        per_minute=settings.intake_max_per_minute,
+        untrusted_per_minute=settings.intake_max_untrusted_per_minute,
+        signal_max_age_s=settings.signal_max_age_s,
+    )
 
 
 def _forget_pending(raw_signal: Any) -> None:

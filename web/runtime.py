@@ -27,10 +27,20 @@ class WebRuntime(Runtime):
 
     @cached_property
     def signal_client(self) -> SignalClient:
-        """HTTP intake enqueues through the same client a Python strategy uses."""
+        """HTTP intake enqueues through the same client a Python strategy uses. The caller
+        proved itself with its token; the web signs on the strategy's behalf with the
+        strategy's key, so intake's signature check holds for every path in."""
         from strategy_client.client import SignalClient
 
-        return SignalClient(self.settings.redis_url)
+        return SignalClient(self.settings.redis_url, keys=self.signing_key)
+
+    def signing_key(self, strategy: str) -> str | None:
+        from sqlalchemy import select
+
+        from db.models import Strategy
+
+        with self.database.sessions() as session:
+            return session.scalar(select(Strategy.signing_key).where(Strategy.name == strategy))
 
     @property
     def redis_url(self) -> str:

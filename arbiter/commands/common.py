@@ -40,7 +40,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
     """One red line on stderr and a non-zero exit; never a traceback."""
-    err_console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
+    err_console.print(Text(f"error: {safe(message)}", style="red"), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -153,6 +153,20 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(jsonable(value), indent=2))
 
 
+def safe(text: str) -> str:
+    """Stored text made harmless for a terminal: every control character (escape sequences,
+    carriage returns, bidi overrides) shown as a visible escape like \\x1b."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def plain(value: Any) -> Text:
+    """A value as plain text for Rich: never read as markup ("[/x]" prints as typed)."""
+    return Text(cell(value))
+
+
 def cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -163,19 +177,19 @@ def cell(value: Any) -> str:
     if isinstance(value, Decimal):
         return plain_decimal(value)
     if isinstance(value, Mapping | list):
-        return json.dumps(jsonable(value))
-    return str(value)
+        return safe(json.dumps(jsonable(value)))
+    return safe(str(value))
 
 
 def table(
     rows: Sequence[Row], columns: Sequence[str] | None = None, title: str | None = None
 ) -> Table:
     columns = list(columns or (rows[0].keys() if rows else []))
-    result = Table(title=title, title_justify="left")
+    result = Table(title=plain(title) if title else None, title_justify="left")
     for column in columns:
-        result.add_column(column, overflow="fold")  # wrap, never cut a reason short
+        result.add_column(plain(column), overflow="fold")  # wrap, never cut a reason short
     for row in rows:
-        result.add_row(*(cell(row.get(c)) for c in columns))
+        result.add_row(*(plain(row.get(c)) for c in columns))
     return result
 
 
@@ -191,7 +205,7 @@ def show_rows(
     if as_json:
         print_json(list(rows))
     elif not rows:
-        console.print(empty)
+        console.print(plain(empty))
     else:
         console.print(table(rows, columns, title))
 
@@ -200,7 +214,10 @@ def show_object(row: Row, *, as_json: bool, title: str | None = None) -> None:
     if as_json:
         print_json(row)
         return
-    result = Table("field", "value", title=title, title_justify="left", show_header=False)
+    result = Table(
+        "field", "value", title=plain(title) if title else None, title_justify="left",
+        show_header=False,
+    )
     for key, value in row.items():
-        result.add_row(key, cell(value))
+        result.add_row(plain(key), plain(value))
     console.print(result)

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select, text
 
 from arbiter import demo_strategies
@@ -34,6 +35,7 @@ from core.settings import Settings
 from core.states import TERMINAL_STATES
 from db.engine import Database
 from db.models import Base, ConflictLog, EventRecord, Order, Position, TickerOwnership
+from db.strategies import signing_keys
 
 SEED = 7
 SETTLE_TIMEOUT_S = 120.0
@@ -221,8 +223,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                       title="The three conflict scenarios", title_justify="left")
     for sc in summary["scenarios"]:
         style = "green" if sc["resolution"] == sc["expected"] else "red"
-        scenarios.add_row(sc["description"], sc["expected"], f"[{style}]{sc['resolution']}",
-                          str(sc["order_state"]), str(sc["reasoning"]))
+        scenarios.add_row(sc["description"], sc["expected"],
+                          Text(common.cell(sc["resolution"]), style=style),
+                          common.plain(sc["order_state"]), common.plain(sc["reasoning"]))
     console.print(scenarios)
     by_res = ", ".join(f"{k}: {v}" for k, v in summary["conflicts_by_resolution"].items())
     others = Table("ticker", "requested by", "owned by", "resolution", "reasoning",
@@ -230,17 +233,19 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                    f"Owners trading their own tickers: {summary['owner_decisions']} allowed.",
                    title_justify="left")
     for c in summary["conflicts"][:12]:
-        others.add_row(c["ticker"], c["requesting_strategy"], c["owning_strategy"],
-                       c["resolution"], c["reasoning"])
+        others.add_row(*(common.plain(c[k]) for k in (
+            "ticker", "requesting_strategy", "owning_strategy", "resolution", "reasoning")))
     console.print(others)
     owners = Table("ticker", "owner", "locked until", title="Ownership map", title_justify="left")
     for ticker, owner in summary["ownership"].items():
-        owners.add_row(ticker, owner["strategy"], common.cell(owner["locked_until"]))
+        owners.add_row(common.plain(ticker), common.plain(owner["strategy"]),
+                       common.plain(owner["locked_until"]))
     console.print(owners)
     positions = Table("strategy", "positions", title="Positions per strategy",
                       title_justify="left")
     for strategy, held in summary["positions"].items():
-        positions.add_row(strategy, ", ".join(f"{t} {q}" for t, q in held.items()))
+        positions.add_row(common.plain(strategy),
+                          common.plain(", ".join(f"{t} {q}" for t, q in held.items())))
     console.print(positions)
     events = ", ".join(f"{k} {v}" for k, v in summary["events_by_type"].items())
     console.print(f"[bold]Events[/bold] ({sum(summary['events_by_type'].values())}): {events}",
@@ -322,6 +327,8 @@ def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: 
                       "the three scenarios may not read as in an empty store: try --fresh")
         run_id = f"demo-{datetime.now(UTC):%H%M%S}-{secrets.token_hex(2)}"
         plans = demo_strategies.plan(total, seed, run_id)
+        with database.unit_of_work() as uow:
+            keys = signing_keys(uow.session)  # each strategy process signs with its own key
         started_at = datetime.now(UTC)
         progress = Progress(total)
         started = time.monotonic()
@@ -332,7 +339,7 @@ def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: 
             context.Process(
                 target=demo_strategies.run_strategy, name=f"strategy-{name}", daemon=True,
                 args=(name, urls["ARBITER_REDIS_URL"], demo_strategies.as_messages(plan), go,
-                      updates, 0.2),
+                      updates, 0.2, keys[name]),
             )
             for name, plan in plans.items()
         ]  # fmt: skip

@@ -189,11 +189,11 @@ def list_command(
             str(record.seq),
             event.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
             f"[{_style(event.type)}]{event.type.value}[/]",
-            escape(event.source),
-            escape(event.strategy or ""),
-            escape(event.ticker or ""),
+            common.plain(event.source),
+            common.plain(event.strategy or ""),
+            common.plain(event.ticker or ""),
             str(event.order_id or ""),
-            escape(_summary(event.payload)),
+            common.plain(_summary(event.payload)),
         )
     Console(highlight=False).print(table)
 

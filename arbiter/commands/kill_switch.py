@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from arbiter.commands import common
 from core.errors import ArbiterError
-from core.states import OrderState, TransitionCause
+from core.states import OrderState, TransitionCause, is_terminal
 from db import kill_switch as kill_switch_store
 from db.models import Order
 from db.order_manager import OrderManager
@@ -55,17 +56,43 @@ def open_at_brokerage(session: Session) -> list[str]:
     )
 
 
-def cancel_at_brokerage(brokerage_ids: list[str]) -> tuple[int, list[str]]:
-    """Ask the brokerage to cancel each order; reconciliation records the outcome (a fill
-    that beat the cancel is still booked). Returns (requested, failures)."""
+def maybe_at_brokerage(session: Session) -> list[str]:
+    """client_order_ids of ORDER_PENDING orders with a submit attempt: their POST may have
+    reached the brokerage (or still be on its way) without an answer recorded here."""
+    return list(
+        session.scalars(
+            select(Order.client_order_id).where(
+                Order.state == OrderState.ORDER_PENDING.value,
+                Order.submit_attempts > 0,
+                Order.brokerage_order_id.is_(None),
+            )
+        )
+    )
+
+
+def cancel_at_brokerage(
+    brokerage_ids: list[str], client_order_ids: Sequence[str] = ()
+) -> tuple[int, list[str]]:
+    """Ask the brokerage to cancel each order (the pending ones looked up by client_order_id
+    first); reconciliation records the outcome (a fill that beat the cancel is still
+    booked). Returns (requested, failures)."""
     failures = []
+    targets = list(brokerage_ids)
     with common.runtime() as rt:
-        for brokerage_id in brokerage_ids:
+        for coid in client_order_ids:
+            try:
+                found = rt.brokerage.get_by_client_order_id(coid)
+            except ArbiterError as exc:
+                failures.append(f"{coid}: {exc}")
+                continue
+            if found is not None and not is_terminal(found.state):
+                targets.append(found.brokerage_order_id)
+        for brokerage_id in targets:
             try:
                 rt.brokerage.cancel(brokerage_id)
             except ArbiterError as exc:
                 failures.append(f"{brokerage_id}: {exc}")
-    return len(brokerage_ids) - len(failures), failures
+    return len(targets) - len(failures), failures
 
 
 @app.command()
@@ -84,6 +111,7 @@ def on(
         kill_switch_store.set_kill_switch(uow.session, True, reason, ACTOR)
         cancelled = cancel_received(uow.session, f"kill switch: {reason}") if cancel_open else 0
         live = open_at_brokerage(uow.session)
+        in_flight = maybe_at_brokerage(uow.session)
         uow.commit()
     typer.echo(f"kill switch ON ({reason}): new signals are rejected")
     if not cancel_open:
@@ -91,7 +119,9 @@ def on(
             typer.echo(f"{len(live)} orders are live at the brokerage (--cancel-open cancels them)")
         return
     typer.echo(f"cancelled {cancelled} orders in SIGNAL_RECEIVED")
-    requested, failures = cancel_at_brokerage(live)
+    # A pending order whose POST is in flight: found now, it is cancelled here; landing later,
+    # the submit retry (kill switch on: look up, never POST) or reconciliation cancels it.
+    requested, failures = cancel_at_brokerage(live, in_flight)
     typer.echo(f"asked the brokerage to cancel {requested} live orders; reconciliation records it")
     for failure in failures:
         typer.secho(f"could not cancel {failure}", fg="red", err=True)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from arbiter.commands import common
 from core.errors import InvalidInput
-from core.signals import TICKER_PATTERN
+from core.signals import TICKER_PATTERN, is_name
 from db.models import TickerOwnership
 from db.ownership import current_owner, lock_ticker, release
 
@@ -71,7 +71,7 @@ def release_ticker(
     """Release TICKER's live owner now, lock or no lock."""
     symbol = ticker.strip().upper()
     with common.unit_of_work() as uow:
-        if not TICKER_PATTERN.match(symbol):
+        if not is_name(TICKER_PATTERN, symbol):
             raise InvalidInput(f"{ticker!r} is not a ticker")
         lock_ticker(uow.session, symbol)
         row = current_owner(uow.session, symbol)

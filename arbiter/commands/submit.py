@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from arbiter.commands import common
@@ -14,7 +18,8 @@ from core.brokerage import OrderType, TimeInForce
 from core.signals import Signal
 from core.states import OrderState, is_terminal
 from db.models import Order
-from strategy_client.client import SignalClient
+from db.strategies import strategy_by_name
+from strategy_client.client import KEY_VARIABLE, SignalClient
 
 POLL_INTERVAL_S = 0.25
 # Register with these, so that a negative quantity ("-5") reaches the signal check as a
@@ -28,7 +33,10 @@ def submit(
     side: Annotated[str, typer.Argument(help="buy or sell")],
     # A string on purpose: the signal's own check names a malformed quantity.
     quantity: Annotated[str, typer.Argument(help="shares (fractions allowed)")],
-    signal_id: Annotated[str | None, typer.Option(help="idempotency key (default: random)")] = None,
+    signal_id: Annotated[
+        str | None,
+        typer.Option(help="idempotency key; one is made (and printed) when not given"),
+    ] = None,
     order_type: Annotated[OrderType, typer.Option("--type", help="order type")] = OrderType.MARKET,
     limit_price: Annotated[str | None, typer.Option(help="required for --type limit")] = None,
     tif: Annotated[TimeInForce, typer.Option(help="time in force")] = TimeInForce.DAY,
@@ -49,12 +57,14 @@ def submit(
         "limit_price": limit_price,
         "time_in_force": tif.value,
     }
+    # Made once and printed: sending the same signal again with it creates nothing new.
+    signal_id = signal_id or f"cli-{uuid.uuid4().hex}"
     with common.guarded():  # the shape check first: a bad signal never needs Redis
-        Signal.parse({**fields, "signal_id": signal_id or "check-only"})
+        Signal.parse({**fields, "signal_id": signal_id})
     broker = common.redis_url()
     if wait is not None:
         common.database_url()  # fail before enqueuing, not after
-    client = SignalClient(broker)
+    client = SignalClient(broker, keys=_key_of)
     try:
         with common.guarded():
             coid = client.submit_signal(
@@ -67,11 +77,11 @@ def submit(
                 limit_price=limit_price,
                 time_in_force=tif.value,
             )
-    except BrokerError as exc:
-        common.fail(f"cannot reach Redis: {exc}", code=1)
+    except (BrokerError, RedisError) as exc:
+        common.fail(f"cannot reach Redis at {_where(broker)}: {_first_line(exc)}", code=1)
     finally:
         client.close()
-    result: common.Row = {"client_order_id": coid}
+    result: common.Row = {"client_order_id": coid, "signal_id": signal_id}
     if wait is None:
         _report(result, as_json)
         return
@@ -79,6 +89,27 @@ def submit(
     _report(result, as_json)
     if not result["final"]:
         raise typer.Exit(1)
+
+
+def _key_of(strategy: str) -> str | None:
+    """The strategy's signing key: ARBITER_STRATEGY_KEY_<NAME> (the client reads it), else
+    from the database when one is configured (the operator may act as any strategy)."""
+    if os.environ.get(KEY_VARIABLE.format(strategy.upper())) or not common.settings().database_url:
+        return None
+    with common.unit_of_work() as uow:
+        found = strategy_by_name(uow.session, strategy)
+        return found.signing_key if found is not None else None
+
+
+def _where(url: str) -> str:
+    """host:port of a Redis URL, without any password."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def _wait_for(coid: str, seconds: float) -> common.Row:
@@ -103,6 +134,7 @@ def _report(result: common.Row, as_json: bool) -> None:
         common.print_json(result)
         return
     typer.echo(result["client_order_id"])
+    typer.echo(f"signal_id: {result['signal_id']}")
     if "state" in result:
         state = result["state"] or "not yet recorded"
         suffix = "" if result["final"] else " (not final yet)"

@@ -204,7 +204,12 @@ def test_strategies_add_and_change_priority(cli: Invoke) -> None:
         (["add", "x", "--priority", "1", "--horizon", "short", "--limits", '{"max_qty": 1}'],
          "unknown limit"),
         (["add", "x", "--priority", "1", "--horizon", "short",
-          "--limits", '{"max_order_quantity": -5}'], "positive number"),
+          "--limits", '{"max_order_quantity": -5}'], "greater than 0"),
+        # Issue 13 (6): these were stored, then raised inside validate on every signal.
+        (["add", "x", "--priority", "1", "--horizon", "short",
+          "--limits", '{"max_open_orders": "1e3"}'], "max_open_orders"),
+        (["add", "x", "--priority", "1", "--horizon", "short", "--lock-days", "1e10"],
+         "ownership_lock_days"),
         (["priority", "nobody", "5"], "unknown strategy"),
         (["deactivate", "nobody"], "unknown strategy"),
     ],
@@ -289,7 +294,7 @@ def test_submit_enqueues_and_prints_the_client_order_id(
         env={"ARBITER_REDIS_URL": redis_url},
     )  # fmt: skip
     coid = client_order_id_for("long_term", "cli-1")
-    assert as_json(result) == {"client_order_id": coid}
+    assert as_json(result) == {"client_order_id": coid, "signal_id": "cli-1"}
 
     def arrived() -> bool:  # queued, or already taken by a worker this run started
         with redis.Redis.from_url(redis_url) as client, db.unit_of_work() as uow:
@@ -632,6 +637,7 @@ def test_submit_wait_reports_the_final_state(cli: Invoke, db: Database, redis_ur
     )  # fmt: skip
     assert settled == {
         "client_order_id": client_order_id_for("long_term", "w-1"),
+        "signal_id": "w-1",
         "state": "REJECTED",
         "reason": "test: REJECTED",
         "final": True,
@@ -645,3 +651,74 @@ def test_submit_wait_reports_the_final_state(cli: Invoke, db: Database, redis_ur
         return
     assert pending.exit_code == 1
     assert "not final yet" in pending.output
+
+
+# -- issue 13 ----------------------------------------------------------------------------------
+
+
+def test_stored_text_is_printed_as_plain_text_never_as_markup_or_escapes(
+    cli: Invoke, db: Database
+) -> None:
+    order_id = make_order(db, "odd-1")
+    with db.unit_of_work() as uow:  # what a flawed writer, or an old row, could hold
+        order = uow.session.get(Order, order_id)
+        assert order is not None
+        order.ticker = "[/x]"
+        order.reason = "bad \x1b[31mred\x1b[0m [bold]text\r\n"
+        uow.commit()
+    for command in (("orders",), ("orders", "show", str(order_id))):
+        result = ok(cli(*command))
+        assert "\x1b" not in result.output and "\r" not in result.output
+    assert "[/x]" in ok(cli("orders")).output
+
+
+def test_strategies_key_shows_and_rotates_the_signing_key(cli: Invoke) -> None:
+    shown = ok(cli("strategies", "key", "trading")).output.strip()
+    assert len(shown) == 64 and ok(cli("strategies", "key", "trading")).output.strip() == shown
+    rotated = ok(cli("strategies", "key", "trading", "--rotate")).output.strip()
+    assert len(rotated) == 64 and rotated != shown
+    assert ok(cli("strategies", "key", "trading")).output.strip() == rotated
+
+
+def test_submit_makes_a_signal_id_and_prints_it(cli: Invoke, redis_url: str) -> None:
+    result = as_json(
+        cli("submit", "trading", "AAPL", "buy", "1", "--json", env={"ARBITER_REDIS_URL": redis_url})
+    )
+    assert result["signal_id"].startswith("cli-")
+    assert result["client_order_id"] == client_order_id_for("trading", result["signal_id"])
+
+
+def test_submit_with_redis_configured_but_down_prints_one_line(cli: Invoke) -> None:
+    result = cli(
+        "submit", "trading", "AAPL", "buy", "1", "--signal-id", "down-1",
+        env={"ARBITER_REDIS_URL": "redis://127.0.0.1:1/0"},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.startswith("error: cannot reach Redis at 127.0.0.1:1")
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_kill_switch_cancel_open_also_sweeps_pending_orders_with_an_attempt(
+    cli: Invoke, db: Database, simulator: Simulator
+) -> None:
+    from core.brokerage import OrderRequest, OrderType, Side
+
+    order_id = make_order(db, "inflight-1", path=[S.VALIDATING, S.ORDER_PENDING])
+    brokerage = simulator.brokerage()
+    with db.unit_of_work() as uow:  # its POST landed; the answer never came back
+        order = OrderManager(uow.session).lock(order_id)
+        brokerage.submit(
+            OrderRequest(order.client_order_id, "AAPL", Side.BUY, Decimal(10),
+                         OrderType.LIMIT, Decimal("0.01"))
+        )  # fmt: skip
+        OrderManager(uow.session).update(order, submit_attempts=1)
+        uow.commit()
+        coid = order.client_order_id
+
+    result = ok(
+        cli("kill-switch", "on", "--cancel-open", env={"ARBITER_BROKERAGE_URL": simulator.url})
+    )
+
+    assert "asked the brokerage to cancel 1 live orders" in result.output
+    assert simulator.admin.orders(coid)[0]["status"] == "canceled"

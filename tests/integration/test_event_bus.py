@@ -320,7 +320,7 @@ def test_plain_redis_cli_subscriber_sees_the_json_envelope(
         ("debate_started", {"payload": {"x": float("nan")}}, "JSON cannot carry"),
         ("debate_started", {"payload": {"blob": "x" * 70_000}}, "at most 65536 allowed"),
         ("debate_started", {"source": ""}, "source must be a non-empty string"),
-        ("debate_started", {"source": "s" * 65}, "at most 64 printable characters"),
+        ("debate_started", {"source": "s" * 49}, "at most 48 printable characters"),
         ("debate_started", {"source": 7}, "source must be a non-empty string"),
     ],
 )
@@ -349,7 +349,7 @@ def test_external_debate_started_lands_in_history_and_on_pubsub(
     assert [e for _, e in listener.collect(1)] == [published]
     [row] = stored(database)
     assert (row.id, row.type, row.source, row.ticker) == (
-        published.id, "debate_started", "war-room", "NVDA")
+        published.id, "debate_started", "external:war-room", "NVDA")
     publisher.flush_marks()
     assert unpublished_count(database) == 0
 

@@ -30,6 +30,7 @@ from service_layer.intake import intake
 from service_layer.reports import build_report
 from service_layer.settlement import settle
 from service_layer.validation import validate
+from tests.fixtures.keys import signed
 from tests.fixtures.receiver import Receiver
 
 LIMITS = RiskLimits(
@@ -46,7 +47,8 @@ def _signal(db: Database, strategy: str, signal_id: str, ticker: str, side: str,
     raw = {"strategy": strategy, "signal_id": signal_id, "ticker": ticker, "side": side,
            "quantity": qty, "order_type": "limit", "limit_price": "100"}  # fmt: skip
     with db.unit_of_work() as uow:
-        order_id = intake(uow.session, raw, actor="test", message_id=signal_id)
+        order_id = intake(uow.session, signed(db, raw), actor="test", message_id=signal_id)
+        assert order_id is not None
         uow.commit()
     for step in (
         lambda s: validate(s, order_id, LIMITS, actor="test"),

@@ -18,6 +18,7 @@ from service_layer.conflict_check import check_conflict
 from service_layer.intake import intake
 from service_layer.submission import begin_submit
 from service_layer.validation import validate
+from tests.fixtures.keys import signed
 
 LIMITS = RiskLimits(
     max_order_quantity=Decimal(10_000),
@@ -41,7 +42,8 @@ def _raw(signal_id: str, **changes: Any) -> dict[str, Any]:
 
 def _run(db: Database, raw: Any, limits: RiskLimits = LIMITS) -> Order:
     with db.unit_of_work() as uow:
-        order_id = intake(uow.session, raw, actor="test", message_id="m-1")
+        order_id = intake(uow.session, signed(db, raw), actor="test", message_id="m-1")
+        assert order_id is not None
         uow.commit()
     for step in (
         lambda s: validate(s, order_id, limits, actor="test"),
@@ -175,6 +177,7 @@ def test_an_unknown_strategy_is_recorded_and_rejected(db: Database) -> None:
 def test_malformed_signals_at_intake_are_rejected_with_the_reason(db: Database, raw: Any) -> None:
     with db.unit_of_work() as uow:
         order_id = intake(uow.session, raw, actor="test", message_id="bad-1")
+        assert order_id is not None
         uow.commit()
     with db.unit_of_work() as uow:
         order = uow.session.get(Order, order_id)
@@ -211,10 +214,11 @@ def test_an_owner_with_orders_in_flight_is_not_overridden(
 
 def test_the_kill_switch_also_stops_orders_already_past_validation(db: Database) -> None:
     with db.unit_of_work() as uow:
-        validating = intake(uow.session, _raw("k-val"), actor="t", message_id="m")
+        validating = intake(uow.session, signed(db, _raw("k-val")), actor="t", message_id="m")
         pending = intake(
-            uow.session, _raw("k-pend", ticker="MSFT"), actor="t", message_id="n"
+            uow.session, signed(db, _raw("k-pend", ticker="MSFT")), actor="t", message_id="n"
         )
+        assert validating is not None and pending is not None
         uow.commit()
     with db.unit_of_work() as uow:
         validate(uow.session, validating, LIMITS, actor="t")

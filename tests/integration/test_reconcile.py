@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from adapters.alpaca import AlpacaBrokerage
 from core.brokerage import OrderRequest, Side
@@ -278,21 +278,36 @@ def test_pending_order_the_brokerage_accepted_before_a_crash_is_settled(
         assert len(simulator.admin.orders(built.client_order_id)) == 1
 
 
+def backdate(db: Database, order_id: int, seconds: float) -> None:
+    """Move the order's times `seconds` into the past, on the database's clock (the
+    updated_at trigger is bypassed for this one statement's transaction)."""
+    with db.unit_of_work() as uow:
+        uow.session.execute(text("SET LOCAL session_replication_role = replica"))
+        uow.session.execute(
+            text(
+                "UPDATE orders SET updated_at = updated_at - make_interval(secs => :s), "
+                "created_at = created_at - make_interval(secs => :s), "
+                "last_submit_at = last_submit_at - make_interval(secs => :s) WHERE id = :id"
+            ),
+            {"s": seconds, "id": order_id},
+        )
+        uow.commit()
+
+
 def test_pending_order_unknown_at_the_brokerage_fails_only_after_the_grace_period(
     db: Database, simulator: Simulator, brokerage: AlpacaBrokerage
 ) -> None:
-    sent_at = datetime.now(UTC)
-    built = build_order(
-        db, to=S.ORDER_PENDING, ticker="TSLA", attempts=1, last_submit_at=sent_at, with_claim=True
-    )
+    built = build_order(db, to=S.ORDER_PENDING, ticker="TSLA", attempts=1, with_claim=True)
+    backdate(db, built.id, GRACE_S / 2)
 
-    early = reconcile(db, brokerage, now=sent_at + timedelta(seconds=GRACE_S / 2))
+    early = reconcile(db, brokerage)
     assert order_row(db, built.id).state == S.ORDER_PENDING.value
     assert early.failed_never_received == 0
     with db.unit_of_work() as uow:
         assert current_owner(uow.session, "TSLA") is not None
 
-    late = reconcile(db, brokerage, now=sent_at + timedelta(seconds=GRACE_S + 1))
+    backdate(db, built.id, GRACE_S / 2 + 1)
+    late = reconcile(db, brokerage)
 
     order = order_row(db, built.id)
     assert (order.state, order.reason) == (S.FAILED.value, NEVER_RECEIVED)
@@ -416,10 +431,11 @@ def test_stalled_orders_are_listed_with_the_step_they_resume_from(db: Database) 
     validating = build_order(db, to=S.VALIDATING)
     pending = build_order(db, to=S.ORDER_PENDING)
     attempted = build_order(db, to=S.ORDER_PENDING, attempts=1)  # reconciliation's business
-    now = datetime.now(UTC)
 
-    assert find_stalled(db, stalled_after_s=30, now=now).redrive == []
-    later = find_stalled(db, stalled_after_s=30, now=now + timedelta(seconds=60)).redrive
+    assert find_stalled(db, stalled_after_s=30).redrive == []
+    for built in (received, validating, pending, attempted):
+        backdate(db, built.id, 60)
+    later = find_stalled(db, stalled_after_s=30).redrive
 
     assert sorted(later) == [
         (received.id, "validate"),
@@ -431,11 +447,10 @@ def test_stalled_orders_are_listed_with_the_step_they_resume_from(db: Database) 
 
 def test_an_order_stalled_too_often_goes_to_review_instead(db: Database) -> None:
     built = build_order(db, to=S.VALIDATING)
-    start = datetime.now(UTC)
-    passes = [
-        find_stalled(db, stalled_after_s=30, now=start + timedelta(seconds=60 * (i + 1))).redrive
-        for i in range(MAX_REDRIVES + 2)
-    ]
+    passes = []
+    for _ in range(MAX_REDRIVES + 2):
+        backdate(db, built.id, 60)
+        passes.append(find_stalled(db, stalled_after_s=30).redrive)
 
     assert [len(p) for p in passes] == [1] * MAX_REDRIVES + [0, 0]
     order = order_row(db, built.id)
@@ -507,7 +522,7 @@ def test_stale_claims_are_released_and_live_ones_kept(
 def test_startup_recovery_runs_between_started_and_completed_with_counts(
     db: Database, simulator: Simulator, brokerage: AlpacaBrokerage
 ) -> None:
-    settings = Settings(never_received_grace_s=0, stalled_after_s=0)
+    settings = Settings(never_received_grace_s=0.5, brokerage_timeout_s=0.2, stalled_after_s=0)
     filled = build_order(db, to=S.ORDER_PENDING, ticker="AAPL", attempts=1)
     place(db, brokerage, filled)
     lost = build_order(

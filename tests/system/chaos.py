@@ -94,8 +94,8 @@ class ChaosConfig:
     concurrency: int = 2
     send_rate: float = 6.0  # signals per second, all strategies together
     settle_bound_s: float = 120.0  # I2: after the faults stop
-    visibility_timeout_s: int = 30
-    task_time_limit_s: int = 25  # below the visibility timeout
+    visibility_timeout_s: int = 40  # above the task time limit plus the longest backoff (13 s)
+    task_time_limit_s: int = 25
     long_stop: bool | None = None  # None: when the fault window exceeds visibility + 15 s
     workdir: Path | None = None
     say: Callable[[str], None] = print
@@ -186,13 +186,13 @@ def _good_args(rng: random.Random, strategy: str, i: int) -> dict[str, Any]:
 
 
 def strategy_main(redis_url: str, items: list[dict[str, Any]], start_at: float,
-                  out_path: str) -> None:
+                  out_path: str, keys: dict[str, str]) -> None:
     """One strategy process: send each item at its moment; retry an enqueue that fails (Redis
     down) with the same signal_id for up to 90 s. Writes the outcomes as JSON."""
     from core.errors import InvalidSignal
     from strategy_client.client import SignalClient
 
-    client = SignalClient(redis_url)
+    client = SignalClient(redis_url, keys=keys)
     results = []
     for item in items:
         time.sleep(max(0.0, start_at + item["at"] - time.time()))
@@ -283,6 +283,13 @@ class Stack:
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
         )
         self.env = env
+
+    def signing_keys(self) -> dict[str, str]:
+        """Each strategy's signing key, for the strategy processes."""
+        from db.strategies import signing_keys
+
+        with self.db.unit_of_work() as uow:
+            return signing_keys(uow.session)
 
     def new_worker(self, index: int, extra: dict[str, str] | None = None) -> CeleryProcess:
         name = f"w{index}"
@@ -557,7 +564,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         start_at = time.time() + 1.0
         for strategy, items in plan.items():
             proc = context.Process(target=strategy_main, name=f"strategy-{strategy}", args=(
-                stack.redis_url, items, start_at, str(workdir / f"sent-{strategy}.json")))
+                stack.redis_url, items, start_at, str(workdir / f"sent-{strategy}.json"),
+                stack.signing_keys()))
             proc.start()
             senders.append(proc)
         t0 = time.monotonic()

@@ -17,6 +17,7 @@ from db.engine import Database
 from db.models import EventRecord, Order
 from strategy_client import routing
 from strategy_client.client import SignalClient
+from tests.fixtures.keys import db_keys
 from tests.fixtures.processes import CeleryProcess
 from tests.system.helpers import eventually
 
@@ -56,7 +57,7 @@ def test_the_client_names_the_bad_field_and_enqueues_nothing(
     }
     args.update(kwargs)
     with pytest.raises(InvalidSignal) as raised:
-        SignalClient(redis_url).submit_signal(**args)
+        SignalClient(redis_url, keys="unused: the shape check comes first").submit_signal(**args)
     assert raised.value.field == field
     assert queue.llen(routing.SIGNALS_QUEUE) == 0
 
@@ -112,7 +113,7 @@ def test_malformed_messages_on_the_queue_end_rejected_and_the_worker_lives(
     start_worker: Callable[..., CeleryProcess],
 ) -> None:
     worker = start_worker()
-    client = SignalClient(redis_url)
+    client = SignalClient(redis_url, keys=db_keys(db))
     for raw in RAW_MESSAGES:
         client.enqueue(raw)
     # A message with the wrong arity, and garbage order ids for the later steps.

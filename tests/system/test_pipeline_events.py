@@ -14,6 +14,7 @@ from sqlalchemy import select
 from db.engine import Database
 from db.models import EventRecord, OrderTransition
 from strategy_client.client import SignalClient
+from tests.fixtures.keys import db_keys
 from tests.fixtures.processes import CeleryProcess
 from tests.system.helpers import eventually, wait_terminal
 
@@ -41,7 +42,7 @@ def test_every_transition_of_a_pipeline_run_is_in_history_and_on_pubsub_in_order
     listener.start()
     eventually(lambda: pubsub.subscribed)
     start_worker()
-    client = SignalClient(redis_url)
+    client = SignalClient(redis_url, keys=db_keys(db))
     coids = [
         client.submit_signal("long_term", "AAPL", "buy", 10, signal_id="ev-1"),
         client.submit_signal("trading", "AAPL", "sell", 5, signal_id="ev-2"),  # blocked

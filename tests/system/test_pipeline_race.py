@@ -13,6 +13,7 @@ from sqlalchemy import select
 from db.engine import Database
 from db.models import Fill, Order, TickerOwnership
 from strategy_client.client import SignalClient
+from tests.fixtures.keys import db_keys
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import wait_terminal
@@ -32,7 +33,7 @@ def test_two_workers_four_strategies_two_hundred_signals_never_share_a_ticker(
     start_worker("w1", concurrency=1)
     start_worker("w2", concurrency=1)
     rng = random.Random(7)
-    client = SignalClient(redis_url)
+    client = SignalClient(redis_url, keys=db_keys(db))
     coids = [
         client.submit_signal(
             rng.choice(STRATEGIES),

@@ -19,6 +19,7 @@ from arbiter.stack import Stack
 from core.settings import Settings
 from db.engine import Database
 from strategy_client.client import SignalClient
+from tests.fixtures.keys import db_keys
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import DEFAULT_OPTIONS, Simulator
 from tests.system.helpers import wait_terminal
@@ -92,7 +93,7 @@ def test_no_brokerage_secret_reaches_any_log(
         sim.admin.set_faults(error_count=2, garbage_count=1)
         worker = start_worker("keyed", extra_env={**keyed, "ARBITER_LOG_LEVEL": "DEBUG"})
         beat.start()
-        client = SignalClient(redis_url)
+        client = SignalClient(redis_url, keys=db_keys(db))
         coids = [client.submit_signal("trading", t, "buy", 1, signal_id=f"sec-{t}")
                  for t in ("AAPL", "MSFT", "IBM")]
         wait_terminal(db, coids, timeout=90)

@@ -86,6 +86,8 @@ async def submit_signal(request: Request, who: TradeAccess) -> JSONResponse:
         return _invalid(exc.field, exc.message)
     if who.strategy is not None and signal.strategy != who.strategy:
         raise HTTPException(403, f"this token may send signals for {who.strategy} only")
+    if await run_in_threadpool(runtime_of(request).signing_key, signal.strategy) is None:
+        return _invalid("strategy", f"unknown strategy {signal.strategy!r}")
     client_order_id, enqueued = await run_in_threadpool(_enqueue, runtime_of(request), signal)
     return respond({"client_order_id": client_order_id, "strategy": signal.strategy,
                     "signal_id": signal.signal_id, "enqueued": enqueued,
