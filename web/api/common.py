@@ -15,10 +15,12 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Query
 from fastapi.responses import JSONResponse
 
-from core.signals import STRATEGY_PATTERN, TICKER_PATTERN
+from core.signals import STRATEGY_PATTERN, TICKER_PATTERN, is_name
 from core.states import OrderState
 
 MAX_PAGE = 500
+# A strategy name for FastAPI/pydantic `pattern=`, which searches: anchored to match whole.
+STRATEGY_NAME_REGEX = rf"^(?:{STRATEGY_PATTERN.pattern})$"
 BIGINT_MAX = 2**63 - 1
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size (newest first)")]
@@ -89,7 +91,7 @@ def ticker_param(value: str | None, name: str = "ticker") -> str | None:
     if value is None:
         return None
     ticker = value.strip().upper()
-    if not TICKER_PATTERN.match(ticker):
+    if not is_name(TICKER_PATTERN, ticker):
         raise HTTPException(422, f"{name}: {value!r} is not a ticker (e.g. AAPL, BRK.B)")
     return ticker
 
@@ -97,7 +99,7 @@ def ticker_param(value: str | None, name: str = "ticker") -> str | None:
 def strategy_param(value: str | None, name: str = "strategy") -> str | None:
     if value is None:
         return None
-    if not STRATEGY_PATTERN.match(value):
+    if not is_name(STRATEGY_PATTERN, value):
         raise HTTPException(422, f"{name}: {value!r} is not a strategy name (a-z0-9_)")
     return value
 
