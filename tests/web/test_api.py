@@ -65,6 +65,13 @@ def test_bad_strategy_input_is_422_naming_the_field(api: TestClient, tokens: Tok
     ):
         response = api.patch("/api/v1/strategies/trading", json=body, headers=admin)
         assert response.status_code == 422, (body, response.text)
+    # Names match whole: a valid name inside a longer string is not one.
+    for bad in ("Trading", "trading!", "x trading"):
+        response = api.patch(f"/api/v1/strategies/{bad}", json={"priority": 1}, headers=admin)
+        assert response.status_code == 422, (bad, response.text)
+    created = api.post("/api/v1/strategies", json={"name": "ok_but-not", "priority": 1},
+                       headers=admin)  # fmt: skip
+    assert created.status_code == 422, created.text
 
 
 def test_ownership_map_history_release_and_transfer(
