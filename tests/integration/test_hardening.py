@@ -317,6 +317,13 @@ def test_a_pending_signal_resent_too_often_becomes_a_dead_letter_not_a_loop(
     with db.unit_of_work() as uow:
         items = uow.session.scalars(select(ReviewItem).where(ReviewItem.kind == "signal")).all()
         assert len(items) == 1 and "arb-never" in items[0].reason
+        dead = uow.session.scalars(
+            select(EventRecord).where(EventRecord.type == EventType.ERROR_OCCURRED.value)
+        ).all()
+        assert [(e.client_order_id, e.payload["kind"]) for e in dead] == [
+            ("arb-never", "dead_letter")
+        ]
+        assert "arb-never" in dead[0].payload["error"]
 
 
 # -- 4. sweeps leave waiting work alone; flagged orders are never executed -----------------------
