@@ -301,7 +301,10 @@ def test_a_signal_lost_between_queue_and_worker_is_sent_again(
             "quantity": "2",
         }
     )
-    note = {"message": signal.to_message(), "at": time.time() - 600}
+    from tests.fixtures.keys import signed
+
+    # Signed with the strategy's key, as its client sends it (intake refuses unsigned signals).
+    note = {"message": signed(db, signal.to_message()), "at": time.time() - 600}
     redis_py.Redis.from_url(redis_url).hset(PENDING_KEY, signal.client_order_id, json.dumps(note))
     start_worker()
     start_beat()
