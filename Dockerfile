@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md beat_schedule.py bootstrap.py ./
+COPY pyproject.toml README.md beat_schedule.py bootstrap.py constraints.txt ./
 COPY core ./core
 COPY db ./db
 COPY service_layer ./service_layer
@@ -17,7 +17,8 @@ COPY tasks ./tasks
 COPY arbiter ./arbiter
 COPY brokersim ./brokersim
 COPY web ./web
-RUN pip install . \
+# Pinned to constraints.txt (a clean `pip install .`, frozen; CI audits it).
+RUN pip install -c constraints.txt . \
     && useradd --create-home --uid 10001 arbiter \
     && mkdir -p /data && chown arbiter:arbiter /data
 

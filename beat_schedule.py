@@ -30,6 +30,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         ),
         "relay-unpublished-events": _every(settings.relay_interval_s, routing.RELAY_EVENTS),
         "expire-ownership": _every(settings.expire_locks_interval_s, routing.EXPIRE_OWNERSHIP),
+        "purge-old-events": _every(settings.purge_events_interval_s, routing.PURGE_EVENTS),
         "dispatch-notifications": _every(
             settings.notify_dispatch_interval_s, routing.NOTIFY_DISPATCH
         ),

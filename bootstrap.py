@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from core.brokerage import Brokerage
+from core.market_data import ReferencePrices
 from core.risk import RiskLimits
 from core.settings import DEFAULT_REDIS_URL, Settings
 from db.engine import Database
@@ -81,6 +82,16 @@ class Runtime:
         from adapters.notifier import AppriseNotifier
 
         return AppriseNotifier(timeout_s=self.settings.notify_timeout_s)
+
+    @cached_property
+    def reference_prices(self) -> ReferencePrices:
+        """The market's reference prices (cached for reference_price_ttl_s)."""
+        from adapters.market_data import AlpacaMarketData
+
+        return ReferencePrices(
+            AlpacaMarketData.from_settings(self.settings),
+            ttl_s=self.settings.reference_price_ttl_s,
+        )
 
     @cached_property
     def risk_limits(self) -> RiskLimits:

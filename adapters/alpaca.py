@@ -35,9 +35,12 @@ from core.brokerage import (
     BrokerAccount,
     BrokerOrder,
     BrokerPosition,
+    OrderClass,
     OrderRequest,
     OrderType,
+    ReplaceRequest,
     Side,
+    TimeInForce,
 )
 from core.errors import (
     BrokerageAuthError,
@@ -152,15 +155,26 @@ def _models(model: type[M], raw: object) -> list[M]:
     return [_model(model, item) for item in raw]
 
 
+def _opt_dec(value: object) -> Decimal | None:
+    return None if value in (None, "") else _dec(value)
+
+
+def _enum_value(value: object, default: str) -> str:
+    raw = getattr(value, "value", value)
+    return str(raw).lower() if raw else default
+
+
 def to_broker_order(order: Order) -> BrokerOrder:
-    """alpaca-py's Order as ours. Order types other than market and limit (placed outside
-    Arbiter) are reported by whether they carry a limit price."""
+    """alpaca-py's Order as ours, legs included. Order types Arbiter does not know (placed
+    outside it) are reported by whether they carry a limit price."""
     if order.symbol is None or order.side is None or order.qty is None:
         raise BrokerageProtocolError(f"order {order.id} lacks symbol, side or qty")
     kind = order.type.value if order.type is not None else "market"
-    limit_price = None if order.limit_price is None else _dec(order.limit_price)
-    if kind not in (OrderType.MARKET, OrderType.LIMIT):
+    limit_price = _opt_dec(order.limit_price)
+    if kind not in set(OrderType):
         kind = OrderType.LIMIT if limit_price is not None else OrderType.MARKET
+    tif = _enum_value(order.time_in_force, "day")
+    order_class = _enum_value(order.order_class, "simple")
     avg = order.filled_avg_price
     return BrokerOrder(
         brokerage_order_id=str(order.id),
@@ -175,7 +189,58 @@ def to_broker_order(order: Order) -> BrokerOrder:
         limit_price=limit_price,
         submitted_at=order.submitted_at,
         updated_at=order.updated_at,
+        stop_price=_opt_dec(order.stop_price),
+        trail_price=_opt_dec(order.trail_price),
+        trail_percent=_opt_dec(order.trail_percent),
+        time_in_force=TimeInForce(tif)
+        if tif in TimeInForce.__members__.values()
+        else TimeInForce.DAY,
+        order_class=(
+            OrderClass(order_class)
+            if order_class in set(OrderClass)
+            else OrderClass.SIMPLE
+        ),
+        legs=tuple(to_broker_order(leg) for leg in order.legs or ()),
+        replaced_by=None if order.replaced_by is None else str(order.replaced_by),
+        replaces=None if order.replaces is None else str(order.replaces),
     )
+
+
+def order_body(request: OrderRequest) -> dict[str, Any]:
+    """POST /v2/orders as Alpaca's v2 API defines it, every amount a decimal string."""
+    body: dict[str, Any] = {
+        "symbol": request.symbol,
+        "qty": str(request.quantity),
+        "side": request.side.value,
+        "type": request.order_type.value,
+        "time_in_force": request.time_in_force.value,
+        "client_order_id": request.client_order_id,
+    }
+    for name in ("limit_price", "stop_price", "trail_price", "trail_percent"):
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = str(value)
+    if request.order_class is not OrderClass.SIMPLE:
+        body["order_class"] = request.order_class.value
+    if request.take_profit is not None:
+        body["take_profit"] = {"limit_price": str(request.take_profit.limit_price)}
+    if request.stop_loss is not None:
+        body["stop_loss"] = {"stop_price": str(request.stop_loss.stop_price)}
+        if request.stop_loss.limit_price is not None:
+            body["stop_loss"]["limit_price"] = str(request.stop_loss.limit_price)
+    return body
+
+
+def order_report(raw: object) -> BrokerOrder:
+    """An order as Alpaca sends it (a dict of decimal strings, e.g. a trade update's `order`)
+    as ours; anything unreadable raises BrokerageProtocolError."""
+    try:
+        return to_broker_order(_model(Order, raw))
+    except Exception as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
 
 
 class AlpacaBrokerage:
@@ -225,17 +290,31 @@ class AlpacaBrokerage:
     def submit(self, request: OrderRequest) -> BrokerOrder:
         # Posted as a dict rather than alpaca-py's OrderRequest, whose qty is a float: Alpaca
         # accepts decimal strings, and money stays exact.
-        body: dict[str, Any] = {
-            "symbol": request.symbol,
-            "qty": str(request.quantity),
-            "side": request.side.value,
-            "type": request.order_type.value,
-            "time_in_force": request.time_in_force.value,
-            "client_order_id": request.client_order_id,
-        }
-        if request.limit_price is not None:
-            body["limit_price"] = str(request.limit_price)
+        body = order_body(request)
         return self._call(lambda: to_broker_order(_model(Order, self.client.post("/orders", body))))
+
+    def replace(self, brokerage_order_id: str, request: ReplaceRequest) -> BrokerOrder:
+        """PATCH /v2/orders/{id}. Sent as a dict for the reason `submit` is: alpaca-py's
+        ReplaceOrderRequest holds qty as an int and prices as floats."""
+        body: dict[str, Any] = {"client_order_id": request.client_order_id}
+        for name, value in (
+            ("qty", request.quantity),
+            ("limit_price", request.limit_price),
+            ("stop_price", request.stop_price),
+            ("trail", request.trail),
+        ):
+            if value is not None:
+                body[name] = str(value)
+        return self._call(
+            lambda: to_broker_order(
+                _model(Order, self.client.patch(f"/orders/{brokerage_order_id}", body))
+            )
+        )
+
+    def get(self, brokerage_order_id: str) -> BrokerOrder:
+        """One order by the brokerage's id, a bracket's or OCO's legs nested in it."""
+        path, nested = f"/orders/{brokerage_order_id}", {"nested": "true"}
+        return self._call(lambda: to_broker_order(_model(Order, self.client.get(path, nested))))
 
     def get_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         try:
@@ -313,4 +392,4 @@ class AlpacaBrokerage:
         )
 
 
-__all__ = ["AlpacaBrokerage", "to_broker_order", "translate"]
+__all__ = ["AlpacaBrokerage", "order_report", "to_broker_order", "translate"]

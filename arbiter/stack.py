@@ -1,5 +1,6 @@
 """The whole local stack for `arbiter up` and `arbiter demo`: Postgres and Redis (configured or
-embedded), migrations and seed, the brokerage simulator, a Celery worker, beat and Flower.
+embedded), migrations and seed, the brokerage simulator, a Celery worker, beat, the trade
+stream consumer and Flower.
 
 Files under the data folder (default `.arbiter`):
 
@@ -13,9 +14,11 @@ Files under the data folder (default `.arbiter`):
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shlex
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,10 +30,10 @@ import httpx
 import psutil
 
 import arbiter
-from arbiter.services import free_port, resolve_services
+from arbiter.embedded import free_port, resolve_services, write_private
 from arbiter.supervisor import Child, Supervisor, http_ready, log_ready
 from core.errors import OperationalError
-from core.settings import Settings
+from core.settings import Settings, is_loopback_host
 
 ENV_FILE = "env"
 PID_FILE = "arbiter.pid"
@@ -39,9 +42,9 @@ SIMULATOR_PORT = 8765
 FLOWER_PORT = 5555
 QUEUES = "signals,orders,maintenance"
 PROJECT_ROOT = Path(arbiter.__file__).resolve().parents[1]
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 class StackBusy(OperationalError):
@@ -52,21 +55,41 @@ def data_dir_of(settings: Settings) -> Path:
     return settings.data_dir.expanduser().resolve()
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to a file only the owner can read (created 0600, never wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    path.chmod(0o600)
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data folder 0700 (its parents as the umask says). An existing one is tightened
+    to 0700 when it is empty or holds our files (an earlier run made it); any other folder
+    keeps its mode, reported when others can read it."""
+    ours = (ENV_FILE, PID_FILE, CREDENTIALS_FILE, "postgres", "redis", "logs", "brokersim")
+    if not data_dir.exists():
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        data_dir.chmod(0o700)
+    elif data_dir.stat().st_mode & 0o077 and data_dir.stat().st_uid == os.geteuid() and (
+            not any(data_dir.iterdir()) or any((data_dir / name).exists() for name in ours)):
+        data_dir.chmod(0o700)
+    elif data_dir.stat().st_mode & 0o077:
+        log.warning("%s is readable by others (mode %o): `chmod 700 %s` keeps its logs and "
+                    "credentials private", data_dir, stat.S_IMODE(data_dir.stat().st_mode),
+                    data_dir)
 
 
 def read_env_file(data_dir: Path) -> dict[str, str]:
-    """`KEY=VALUE` lines (shell-quoted, `export` optional) from `<data_dir>/env`."""
+    """`KEY=VALUE` lines (shell-quoted, `export` optional) from `<data_dir>/env`; only from a
+    file that belongs to us and that nobody else can write (else another user could point
+    our CLI at a database of theirs): such a file is ignored, with a warning."""
     path = data_dir / ENV_FILE
     values: dict[str, str] = {}
     with contextlib.suppress(OSError, ValueError):
-        for line in path.read_text().splitlines():
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                log.warning("ignoring %s: it must belong to uid %d and be writable by its owner "
+                            "only (it is uid %d, mode %o)", path, os.geteuid(), info.st_uid,
+                            stat.S_IMODE(info.st_mode))
+                return {}
+            text = handle.read()
+        for line in text.splitlines():
             words = shlex.split(line, comments=True)
             if words[:1] == ["export"]:
                 words = words[1:]
@@ -114,8 +137,7 @@ def flower_credentials(settings: Settings, data_dir: Path) -> tuple[str, str, bo
 
 
 def _loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in LOOPBACK or host.startswith("127.")
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def _answers(url: str) -> bool:
@@ -157,8 +179,8 @@ class Stack:
     # -- start --------------------------------------------------------------------------------
 
     def start(self, *, flower: bool = True, web: bool = False) -> None:
+        make_data_dir(self.data_dir)
         self._claim()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.say("starting Postgres and Redis ...")
         self.database_url, self.redis_url, started = resolve_services(self.settings, self.data_dir)
         self._servers = list(started)
@@ -193,6 +215,12 @@ class Stack:
              "-s", str(self.data_dir / "celerybeat-schedule")],
             env, self.log_dir / "beat.log", log_ready("beat: Starting"), cwd=self.data_dir,
             detail="reconcile, recover, relay, expire locks",
+        ))  # fmt: skip
+        self.supervisor.start(Child(
+            "stream",
+            [sys.executable, "-c", "from arbiter.cli import main; main()", "stream"],
+            env, self.log_dir / "stream.log", log_ready("trade stream consumer"),
+            cwd=self.data_dir, detail="fills from the brokerage's trade_updates websocket",
         ))  # fmt: skip
         if flower:
             self._start_flower(env)
@@ -263,9 +291,9 @@ class Stack:
             flower_env, self.log_dir / "flower.log", http_ready(f"{self.flower_url}/healthcheck"),
             cwd=self.data_dir, detail=self.flower_url,
         ))  # fmt: skip
-        if generated:
-            self.say(f"Flower login (generated once, stored 0600 in "
-                     f"{self.data_dir / CREDENTIALS_FILE}): user {user!r} password {password!r}")
+        if generated:  # the password itself is never printed
+            self.say(f"Flower login generated once: user {user!r}, password in "
+                     f"{self.data_dir / CREDENTIALS_FILE} (0600)")
 
     def _start_web(self, env: dict[str, str]) -> None:
         """`arbiter web` on loopback (ARBITER_WEB_HOST/PORT may say otherwise)."""
@@ -296,6 +324,7 @@ class Stack:
         values = {
             "ARBITER_DATABASE_URL": self.database_url,
             "ARBITER_REDIS_URL": self.redis_url,
+            "ARBITER_BROKER_URL": self.settings.broker_url or "",
             "ARBITER_BROKERAGE_URL": self.brokerage_url,
             "ARBITER_WEB_URL": self.web_url or "",
         }

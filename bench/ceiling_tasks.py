@@ -15,7 +15,7 @@ import os
 import psycopg
 from celery import Celery
 
-from arbiter.services import libpq_url
+from arbiter.embedded import libpq_url
 from core.settings import get_settings
 from strategy_client.routing import ORDERS_QUEUE, SIGNALS_QUEUE
 from tasks.app import celery_config

@@ -53,7 +53,7 @@ class LagListener:
 
     def start(self) -> LagListener:
         self.proc.start()
-        if not self.ready.wait(30):
+        if not self.ready.wait(120):  # a spawn on a loaded machine is slow
             self.close()
             raise RuntimeError("lag listener did not subscribe")
         return self

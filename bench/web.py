@@ -29,7 +29,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arbiter.services import free_port, libpq_url
+from arbiter.embedded import free_port, libpq_url
 from bench.measure import percentiles
 from bench.stack import REPO_ROOT, Services
 from core.events import Event, EventType

@@ -20,11 +20,42 @@ class Side(StrEnum):
 class OrderType(StrEnum):
     MARKET = "market"
     LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+    TRAILING_STOP = "trailing_stop"
 
 
 class TimeInForce(StrEnum):
     DAY = "day"
     GTC = "gtc"
+    IOC = "ioc"
+    FOK = "fok"
+    OPG = "opg"
+    CLS = "cls"
+
+
+class OrderClass(StrEnum):
+    SIMPLE = "simple"
+    BRACKET = "bracket"
+    OCO = "oco"
+    OTO = "oto"
+
+
+# Which prices each order type takes (Alpaca v2): required ones; the rest must be absent.
+NEEDS_LIMIT_PRICE = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+NEEDS_STOP_PRICE = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
+STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
+
+
+@dataclass(frozen=True)
+class TakeProfit:
+    limit_price: Decimal
+
+
+@dataclass(frozen=True)
+class StopLoss:
+    stop_price: Decimal
+    limit_price: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +67,23 @@ class OrderRequest:
     order_type: OrderType = OrderType.MARKET
     limit_price: Decimal | None = None
     time_in_force: TimeInForce = TimeInForce.DAY
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    order_class: OrderClass = OrderClass.SIMPLE
+    take_profit: TakeProfit | None = None
+    stop_loss: StopLoss | None = None
+
+
+@dataclass(frozen=True)
+class ReplaceRequest:
+    """Alpaca's PATCH /v2/orders/{id}: what changes, and the replacement's client_order_id."""
+
+    client_order_id: str
+    quantity: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +101,14 @@ class BrokerOrder:
     reject_reason: str | None = None
     submitted_at: datetime | None = None
     updated_at: datetime | None = None
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+    order_class: OrderClass = OrderClass.SIMPLE
+    legs: tuple[BrokerOrder, ...] = field(default_factory=tuple)
+    replaced_by: str | None = None
+    replaces: str | None = None
 
     @property
     def state(self) -> OrderState:
@@ -83,7 +139,8 @@ _STATUS_TO_STATE: dict[str, OrderState] = {
     "accepted_for_bidding": OrderState.ORDER_SENT,
     "pending_replace": OrderState.ORDER_SENT,
     "pending_cancel": OrderState.ORDER_SENT,
-    "replaced": OrderState.ORDER_SENT,
+    # The order was replaced by another (its successor carries on): this one is over.
+    "replaced": OrderState.CANCELLED,
     "calculated": OrderState.ORDER_SENT,
     "held": OrderState.ORDER_SENT,
     "suspended": OrderState.ORDER_SENT,
@@ -123,6 +180,14 @@ class Brokerage(Protocol):
         ...
 
     def cancel(self, brokerage_order_id: str) -> None: ...
+
+    def get(self, brokerage_order_id: str) -> BrokerOrder:
+        """One order by the brokerage's id (legs included)."""
+        ...
+
+    def replace(self, brokerage_order_id: str, request: ReplaceRequest) -> BrokerOrder:
+        """Replace an open order; the answer is the new order (the old one ends `replaced`)."""
+        ...
 
     def list_positions(self) -> list[BrokerPosition]: ...
 

@@ -5,7 +5,8 @@ For a signal from strategy S on ticker T:
 2. T has no owner: allowed; a buy claims T for S.
 3. T owned by S: allowed.
 4. T owned by O != S: a conflict. Override when S's priority is higher and O's ownership is
-   not locked; otherwise blocked. Every case-4 decision is logged.
+   not locked; otherwise blocked. An inactive O (deactivated, still owning a position) ranks
+   below every active strategy and holds no lock. Every case-4 decision is logged.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def decide(
         f"{requester.name} (priority {requester.priority}) vs owner {owner.name} "
         f"(priority {owner.priority})"
     )
+    if not owner.active:
+        return _inactive_owner(requester, action, ticker, ownership)
     if requester.priority <= owner.priority:
         return ConflictDecision(
             Resolution.BLOCKED,
@@ -120,6 +123,29 @@ def decide(
         Resolution.PRIORITY_OVERRIDE,
         f"PRIORITY_OVERRIDE {requester.name} {action}: higher priority and {owner.name}'s "
         f"ownership is not locked, {ranks}; ownership of {ticker} moves to {requester.name}",
+        claim=True,
+        conflict=True,
+        previous_owner=owner,
+    )
+
+
+def _inactive_owner(
+    requester: StrategyView, action: str, ticker: str, ownership: Ownership
+) -> ConflictDecision:
+    owner = ownership.owner
+    why = f"owner {owner.name} is inactive and ranks below every active strategy"
+    if ownership.owner_orders_in_flight:
+        return ConflictDecision(
+            Resolution.BLOCKED,
+            f"BLOCKED {requester.name} {action}: {why}, but it has "
+            f"{ownership.owner_orders_in_flight} order(s) in flight on {ticker}",
+            conflict=True,
+            previous_owner=owner,
+        )
+    return ConflictDecision(
+        Resolution.PRIORITY_OVERRIDE,
+        f"PRIORITY_OVERRIDE {requester.name} {action}: {why}; ownership of {ticker} moves to "
+        f"{requester.name} together with {owner.name}'s position",
         claim=True,
         conflict=True,
         previous_owner=owner,

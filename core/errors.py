@@ -2,7 +2,8 @@
 
 ArbiterError
 ├── InvalidInput            bad data from a caller: clear message, nothing written
-│   └── InvalidSignal       a malformed signal, naming the offending field
+│   ├── InvalidSignal       a malformed signal, naming the offending field
+│   └── OrderNotOpen        cancel/replace of an order that is final (names its state)
 ├── InvalidTransition       a move the table forbids (bug or stale actor): nothing written
 ├── TransientError          the world hiccupped: retry with backoff
 │   ├── BrokerageUnavailable        timeout, connection refused, 5xx, 429
@@ -24,6 +25,15 @@ class ArbiterError(Exception):
 
 class InvalidInput(ArbiterError, ValueError):
     """Caller supplied bad data. Nothing was written."""
+
+
+class OrderNotOpen(InvalidInput):
+    """Cancel or replace asked of an order that can no longer change (its state named)."""
+
+    def __init__(self, order_ref: str, state: str, action: str = "cancel") -> None:
+        super().__init__(f"cannot {action} order {order_ref}: it is {state}")
+        self.order_ref = order_ref
+        self.state = state
 
 
 class InvalidSignal(InvalidInput):

@@ -105,6 +105,7 @@ class OwnershipTransferred(EventPayload):
     ownership_id: int
     locked_until: datetime | None
     position_moved: Decimal
+    avg_cost: Decimal
 
 
 class OwnershipReleased(EventPayload):
@@ -130,10 +131,21 @@ class PositionChanged(EventPayload):
 
 
 class StopLossTriggered(ExternalPayload):
-    """POSITION_STOP_LOSS_TRIGGERED: the owner's protective stop filled."""
+    """POSITION_STOP_LOSS_TRIGGERED: the owner's protective stop filled. Arbiter sends every
+    field below on the stop's first fill (`quantity` at `fill_price`, of the stop's
+    `order_quantity`; `lock_released`: the ticker's ownership lock ended with it); a strategy
+    publishing its own may send any of them."""
 
-    stop_price: Decimal | None = None
+    ticker: str | None = None
+    strategy: str | None = None
     quantity: Decimal | None = None
+    order_quantity: Decimal | None = None
+    stop_price: Decimal | None = None
+    fill_price: Decimal | None = None
+    order_id: int | None = None
+    parent_order_id: int | None = None
+    lock_released: bool | None = None
+    actor: str | None = None
     reason: str | None = None
 
 
@@ -145,6 +157,9 @@ class StrategyToggled(EventPayload):
 
     reason: str | None
     released_tickers: list[str]
+    # Still owned (a position is held), lock released: the next active strategy that trades
+    # one of them takes it over with the position.
+    unlocked_tickers: list[str] = []
 
 
 class StrategyUpdated(EventPayload):

@@ -61,6 +61,11 @@ class EventType(StrEnum):
     ORDER_NEEDS_REVIEW = "order_needs_review"
     RECONCILIATION_MISMATCH = "reconciliation_mismatch"
     KILL_SWITCH_DEACTIVATED = "kill_switch_deactivated"
+    # order control (SPEC §9)
+    ORDER_CANCEL_REQUESTED = "order_cancel_requested"
+    ORDER_REPLACED = "order_replaced"
+    ORDER_CORRECTED = "order_corrected"
+    POSITION_ADJUSTED = "position_adjusted"
 
 
 # Events that processes outside Arbiter (strategies, an AI war room) may publish themselves.

@@ -64,3 +64,8 @@ def fill_increment(
     if price <= 0:  # rounding of the brokerage's average: fall back to it
         price = reported_avg
     return FillIncrement(delta, price)
+
+
+def unrealized_pnl(quantity: Decimal, avg_cost: Decimal, price: Decimal | None) -> Decimal | None:
+    """What the position would gain or lose if closed at `price` (None: no price)."""
+    return None if price is None else (price - avg_cost) * quantity

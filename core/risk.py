@@ -38,6 +38,18 @@ class OrderFacts:
     ticker: str
     quantity: Decimal
     limit_price: Decimal | None
+    stop_price: Decimal | None = None
+
+
+def notional_price(order: OrderFacts, reference: Decimal | None) -> Decimal | None:
+    """The price an order's notional is judged at: its limit; for a stop, the higher of its
+    stop and the market (it trades at about the stop once triggered, or at once if the market
+    is already through it); else the market's reference price."""
+    if order.limit_price is not None:
+        return order.limit_price
+    if order.stop_price is not None:
+        return max(order.stop_price, reference) if reference is not None else order.stop_price
+    return reference
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,7 @@ class RiskContext:
     kill_switch_on: bool
     open_orders: int  # the strategy's live orders, this one excluded
     signals_last_minute: int  # the strategy's signals in the last minute, this one excluded
-    reference_price: Decimal | None  # last known price when the order has no limit price
+    reference_price: Decimal | None  # the market's price (latest trade, else quote mid)
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,7 @@ class RiskVerdict:
 
 def evaluate(order: OrderFacts, limits: RiskLimits, ctx: RiskContext) -> list[RiskVerdict]:
     """Every rule's verdict, in a fixed order; the order passes when all passed."""
-    price = order.limit_price or ctx.reference_price
+    price = notional_price(order, ctx.reference_price)
     notional = order.quantity * price if price is not None else None
     verdicts = [
         RiskVerdict(
@@ -78,12 +90,13 @@ def evaluate(order: OrderFacts, limits: RiskLimits, ctx: RiskContext) -> list[Ri
             f"quantity {order.quantity} exceeds the limit of {limits.max_order_quantity}",
             limit_exceeded=True,
         ),
-        RiskVerdict(
+        # Never passed silently: without a price the notional limit cannot be checked.
+        RiskVerdict("max_order_notional", False, f"no reference price for {order.ticker}")
+        if notional is None
+        else RiskVerdict(
             "max_order_notional",
-            notional is None or notional <= limits.max_order_notional,
-            f"notional {notional:,.2f} exceeds the limit of {limits.max_order_notional:,.2f}"
-            if notional is not None
-            else "",
+            notional <= limits.max_order_notional,
+            f"notional {notional:,.2f} exceeds the limit of {limits.max_order_notional:,.2f}",
             limit_exceeded=True,
         ),
         RiskVerdict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from decimal import Decimal
 from functools import lru_cache
@@ -20,12 +21,26 @@ DEV_BROKERAGE_URL = "http://127.0.0.1:8765"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and any loopback address (127.0.0.0/8, ::1), by `ipaddress`; a name
+    that merely starts with "127." (`127.evil.example`) is not one."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARBITER_", extra="ignore")
 
     # Infrastructure. Empty URLs mean "embedded": `arbiter up` starts Postgres and Redis locally.
     database_url: str | None = None
     redis_url: str | None = None
+    # The Celery broker: empty means the Redis above; `amqp://` selects RabbitMQ (Redis stays
+    # the event bus, lock and lease store).
+    broker_url: str | None = None
     data_dir: Path = Path(".arbiter")
     event_channel_prefix: str = "arbiter.events"
 
@@ -34,6 +49,13 @@ class Settings(BaseSettings):
     brokerage_key: str = DEV_BROKERAGE_KEY
     brokerage_secret: str = DEV_BROKERAGE_SECRET
     brokerage_timeout_s: float = Field(default=5.0, gt=0)
+    # Market data for reference prices (latest trade, else quote mid); empty: the brokerage
+    # URL (the simulator serves both). Alpaca's own is https://data.alpaca.markets.
+    market_data_url: str | None = None
+    reference_price_ttl_s: float = Field(default=5.0, ge=0)
+    # The trade_updates websocket; empty: derived from brokerage_url (http -> ws, + /stream).
+    brokerage_stream_url: str | None = None
+    stream_lease_ttl_s: float = Field(default=5.0, gt=0)  # a dead consumer's standby waits this
 
     # Pre-trade risk defaults; a strategy's config may override each one.
     max_order_quantity: Decimal = Decimal("10000")
@@ -54,6 +76,7 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=120, gt=0)
     visibility_timeout_s: int = Field(default=3600, gt=0)
     submit_max_retries: int = Field(default=5, ge=0)
+    task_events: bool = False  # Celery task events from the start (Flower enables them itself)
 
     # Beat schedule and recovery.
     reconcile_interval_s: float = 5.0
@@ -64,7 +87,8 @@ class Settings(BaseSettings):
     expire_locks_interval_s: float = 60.0
     stalled_after_s: float = 30.0
     never_received_grace_s: float = 60.0
-    event_retention_days: int = 90
+    event_retention_days: int = Field(default=90, ge=0)  # 0 keeps the history forever
+    purge_events_interval_s: float = Field(default=3600.0, gt=0)
 
     # Notifications (Apprise URLs hold secrets: never logged, shown masked).
     notify_urls: str = ""  # comma separated: default rules for the important event types
@@ -87,6 +111,17 @@ class Settings(BaseSettings):
     web_secure_cookies: bool = False  # set behind HTTPS: the session cookie gets `Secure`
     web_session_hours: float = Field(default=12.0, gt=0)
 
+    @property
+    def trade_stream_url(self) -> str:
+        """The trade_updates websocket: ARBITER_BROKERAGE_STREAM_URL, else the brokerage URL
+        with ws(s):// and /stream (as Alpaca's paper-api.alpaca.markets/stream)."""
+        if self.brokerage_stream_url:
+            return self.brokerage_stream_url
+        parts = urlparse(self.brokerage_url.rstrip("/"))
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        path = parts.path.removesuffix("/v2")
+        return parts._replace(scheme=scheme, path=f"{path}/stream").geturl()
+
     @field_validator("daily_report_at")
     @classmethod
     def _hh_mm(cls, value: str | None) -> str | None:
@@ -99,7 +134,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_dev_keys_off_loopback(self) -> Settings:
         host = urlparse(self.brokerage_url).hostname or ""
-        local = host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+        local = is_loopback_host(host)
         dev_keys = DEV_BROKERAGE_KEY in (self.brokerage_key, self.brokerage_secret) or (
             DEV_BROKERAGE_SECRET in (self.brokerage_key, self.brokerage_secret)
         )

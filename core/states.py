@@ -48,7 +48,9 @@ S = OrderState
 TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     S.IDLE: frozenset({S.SIGNAL_RECEIVED}),
     S.SIGNAL_RECEIVED: frozenset({S.VALIDATING, S.REJECTED, S.CANCELLED}),
-    S.VALIDATING: frozenset({S.ORDER_PENDING, S.REJECTED}),
+    # An operator's or strategy's cancel before the brokerage saw the order (SPEC §9: "before
+    # submission: CANCELLED at once") may land while the risk checks are done.
+    S.VALIDATING: frozenset({S.ORDER_PENDING, S.REJECTED, S.CANCELLED}),
     # A submit that times out keeps ORDER_PENDING: "unknown", never "rejected".
     S.ORDER_PENDING: frozenset({S.ORDER_SENT, S.REJECTED, S.FAILED, S.CANCELLED}),
     S.ORDER_SENT: frozenset({S.PARTIAL_FILLED, S.FULLY_FILLED, S.CANCELLED, S.REJECTED, S.FAILED}),
@@ -58,6 +60,15 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     S.CANCELLED: frozenset(),
     S.REJECTED: frozenset(),
     S.FAILED: frozenset(),
+}
+
+# Audited corrections by a human (`arbiter review resolve --correct`), never by the pipeline:
+# the brokerage's later word on an order that Arbiter already holds as final (a fill found
+# after CANCELLED or FAILED). Kept apart from TRANSITIONS, which stays the pipeline's table.
+CORRECTIONS: dict[OrderState, frozenset[OrderState]] = {
+    S.CANCELLED: frozenset({S.FULLY_FILLED}),
+    S.FAILED: frozenset({S.FULLY_FILLED, S.CANCELLED}),
+    S.REJECTED: frozenset({S.FULLY_FILLED, S.CANCELLED}),
 }
 
 TERMINAL_STATES: frozenset[OrderState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
@@ -84,6 +95,12 @@ def can_transition(source: OrderState, target: OrderState) -> bool:
 def check_transition(source: OrderState, target: OrderState) -> None:
     """Raise InvalidTransition unless `source -> target` is in the table."""
     if not can_transition(source, target):
+        raise InvalidTransition(source, target)
+
+
+def check_correction(source: OrderState, target: OrderState) -> None:
+    """Raise InvalidTransition unless `source -> target` is an allowed correction."""
+    if target not in CORRECTIONS.get(source, frozenset()):
         raise InvalidTransition(source, target)
 
 

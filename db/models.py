@@ -106,9 +106,24 @@ class Order(Base):
     ticker: Mapped[str | None] = mapped_column(String(16))
     side: Mapped[str | None] = mapped_column(String(4))
     quantity: Mapped[Decimal | None] = mapped_column(Numeric(24, 9))
-    order_type: Mapped[str] = mapped_column(String(8), server_default="market")
+    order_type: Mapped[str] = mapped_column(String(16), server_default="market")
     limit_price: Mapped[Decimal | None] = mapped_column(Numeric(24, 9))
     time_in_force: Mapped[str] = mapped_column(String(8), server_default="day")
+    stop_price: Mapped[Decimal | None] = mapped_column(Numeric(24, 9))
+    trail_price: Mapped[Decimal | None] = mapped_column(Numeric(24, 9))
+    trail_percent: Mapped[Decimal | None] = mapped_column(Numeric(12, 6))
+    order_class: Mapped[str] = mapped_column(String(8), server_default="simple")
+    # A bracket/oco/oto leg: its parent (whose strategy it is booked to) and its role.
+    parent_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    leg_role: Mapped[str | None] = mapped_column(String(16))
+    # A replacement: the order it replaced (Alpaca's PATCH makes a new order).
+    replaces_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    # A stop sell that protects the owner's position: never blocked by ownership, and its
+    # fill releases the ticker's lock (POSITION_STOP_LOSS_TRIGGERED).
+    protective: Mapped[bool] = mapped_column(server_default=text("false"))
+    # A cancel asked for while the order was at (or on its way to) the brokerage.
+    cancel_requested_at: Mapped[datetime | None]
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(128))
     state: Mapped[str] = mapped_column(String(20))
     filled_quantity: Mapped[Quantity] = mapped_column(server_default="0")
     avg_fill_price: Mapped[Decimal | None] = mapped_column(Numeric(24, 9))

@@ -19,7 +19,8 @@ from core.errors import ArbiterError
 from core.event_payloads import EventPayload, OrderNeedsReview, OrderTransitioned
 from core.events import Event, EventType, transition_event_type
 from core.signals import Signal
-from core.states import OrderState, TransitionCause, check_transition
+from core.states import OrderState, TransitionCause, check_correction, check_transition
+from db.clock import db_now
 from db.models import Order, OrderTransition, ReviewItem, Strategy
 from db.outbox import emit
 
@@ -36,6 +37,9 @@ MUTABLE_FIELDS = frozenset(
         "conflict_reasoning",
         "submit_attempts",
         "last_submit_at",
+        "protective",
+        "cancel_requested_at",
+        "cancel_requested_by",
     }
 )
 
@@ -80,6 +84,18 @@ class OrderManager:
         locked.add(order_id)
         return order
 
+    def lock_by_client_order_id(self, client_order_id: str) -> Order | None:
+        """The order with this client_order_id, row-locked (one statement), or None."""
+        order = self.session.scalar(
+            select(Order)
+            .where(Order.client_order_id == client_order_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if order is not None:
+            self.session.info.setdefault(_LOCKED, set()).add(order.id)
+        return order
+
     def find_by_client_order_id(self, client_order_id: str) -> Order | None:
         return self.session.scalar(select(Order).where(Order.client_order_id == client_order_id))
 
@@ -102,10 +118,27 @@ class OrderManager:
                 "order_type": signal.order_type.value,
                 "limit_price": signal.limit_price,
                 "time_in_force": signal.time_in_force.value,
+                "stop_price": signal.stop_price,
+                "trail_price": signal.trail_price,
+                "trail_percent": signal.trail_percent,
+                "order_class": signal.order_class.value,
                 "order_metadata": {"signal": signal.to_message()},
             },
             actor=actor,
         )
+
+    def create_derived(
+        self, values: dict[str, Any], *, actor: str, reason: str
+    ) -> tuple[Order, bool]:
+        """An order that did not come from a signal of its own: a bracket's leg or a
+        replacement (`values` names its parent or predecessor). It is recorded up to
+        ORDER_PENDING through the table, so its audit trail is a valid path; the caller
+        settles it with the brokerage's report. Idempotent by client_order_id."""
+        order, created = self._insert_once(values, actor=actor)
+        if created:
+            self.transition(order, OrderState.VALIDATING, reason=reason, actor=actor)
+            self.transition(order, OrderState.ORDER_PENDING, reason=reason, actor=actor)
+        return order, created
 
     def create_malformed(
         self,
@@ -204,6 +237,59 @@ class OrderManager:
             )
         for event in events:
             emit(self.session, event)
+        return order
+
+    def request_cancel(self, order: Order | int, *, requested_by: str, actor: str) -> bool:
+        """Record a cancel request on an order the brokerage holds (or may hold): the state
+        stays until the brokerage confirms. Announced once (ORDER_CANCEL_REQUESTED); False
+        when it was requested already."""
+        order = self.lock(order if isinstance(order, int) else order.id)
+        if order.cancel_requested_at is not None:
+            return False
+        order.cancel_requested_at = db_now(self.session)
+        order.cancel_requested_by = requested_by
+        emit(
+            self.session,
+            order_event(
+                order,
+                EventType.ORDER_CANCEL_REQUESTED,
+                state=order.state,
+                requested_by=requested_by,
+                actor=actor,
+                filled_quantity=str(order.filled_quantity),
+            ),
+        )
+        return True
+
+    def correct(self, order: Order | int, target: OrderState, *, reason: str, actor: str) -> Order:
+        """A human's audited correction of a final order to the brokerage's final word (see
+        core.states.CORRECTIONS): an audit row and ORDER_CORRECTED, never a pipeline move."""
+        order = self.lock(order if isinstance(order, int) else order.id)
+        source = OrderState(order.state)
+        check_correction(source, target)
+        order.state = target.value
+        order.reason = f"correction: {reason}"
+        self.session.add(
+            OrderTransition(
+                order_id=order.id,
+                from_state=source.value,
+                to_state=target.value,
+                reason=f"correction: {reason}",
+                actor=actor,
+            )
+        )
+        emit(
+            self.session,
+            order_event(
+                order,
+                EventType.ORDER_CORRECTED,
+                from_state=source.value,
+                to_state=target.value,
+                reason=reason,
+                actor=actor,
+                filled_quantity=str(order.filled_quantity),
+            ),
+        )
         return order
 
     def update(self, order: Order | int, **changes: Any) -> Order:

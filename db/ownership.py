@@ -102,9 +102,9 @@ def release(session: Session, row: TickerOwnership, reason: str) -> None:
 
 
 def transfer(
-    session: Session, row: TickerOwnership, to: Strategy, order_id: int, reason: str
+    session: Session, row: TickerOwnership, to: Strategy, order_id: int | None, reason: str
 ) -> TickerOwnership:
-    """Move ownership (and the previous owner's attributed position) to `to`."""
+    """Move ownership and the previous owner's position (quantity and average cost) to `to`."""
     previous = row.strategy
     row.released_at = func.clock_timestamp()
     row.release_reason = f"transferred to {to.name}"
@@ -135,28 +135,30 @@ def transfer(
                 reason=reason,
                 ownership_id=new_row.id,
                 locked_until=new_row.locked_until,
-                position_moved=moved,
+                position_moved=moved.quantity,
+                avg_cost=moved.avg_cost,
             ),
         ),
     )
     return new_row
 
 
-def _move_position(session: Session, ticker: str, from_id: int, to_id: int) -> Decimal:
-    """Re-attribute the previous owner's position in `ticker` to the new owner."""
+def _move_position(session: Session, ticker: str, from_id: int, to_id: int) -> PositionState:
+    """Re-attribute the previous owner's position in `ticker` to the new owner; returns what
+    moved (quantity and average cost)."""
     source = session.scalar(
         select(Position)
         .where(Position.strategy_id == from_id, Position.ticker == ticker)
         .with_for_update(of=Position)
     )
     if source is None or source.quantity == 0:
-        return Decimal(0)
+        return PositionState(Decimal(0), Decimal(0))
     target = get_or_create_position(session, to_id, ticker)
     merged = merge(
         PositionState(target.quantity, target.avg_cost, target.realized_pnl),
         PositionState(source.quantity, source.avg_cost),
     )
-    moved = source.quantity
+    moved = PositionState(source.quantity, source.avg_cost)
     target.quantity, target.avg_cost = merged.quantity, merged.avg_cost
     source.quantity, source.avg_cost = Decimal(0), Decimal(0)
     session.flush()
@@ -194,8 +196,13 @@ def release_if_unused(
     return True
 
 
-def release_for_strategy(session: Session, strategy: Strategy, reason: str) -> list[str]:
-    """Release every ticker `strategy` owns (deactivation). Returns the tickers."""
+def release_for_strategy(
+    session: Session, strategy: Strategy, reason: str
+) -> tuple[list[str], list[str]]:
+    """Deactivation: release `strategy`'s ownership locks. Where it holds no position its
+    ownership ends too; where it holds shares it keeps ownership (unlocked), so no position is
+    left without an owner; the next active strategy to trade the ticker takes both over.
+    Returns (tickers released, tickers kept unlocked)."""
     rows = list(
         session.scalars(
             select(TickerOwnership).where(
@@ -204,7 +211,32 @@ def release_for_strategy(session: Session, strategy: Strategy, reason: str) -> l
             )
         )
     )
+    released, kept = [], []
     for row in rows:
         lock_ticker(session, row.ticker)
-        release(session, row, reason)
-    return [row.ticker for row in rows]
+        if held_quantity(session, strategy.id, row.ticker):
+            unlock(session, row, reason)
+            kept.append(row.ticker)
+        else:
+            release(session, row, reason)
+            released.append(row.ticker)
+    return released, kept
+
+
+def held_quantity(session: Session, strategy_id: int, ticker: str) -> Decimal:
+    quantity = session.scalar(
+        select(Position.quantity).where(
+            Position.strategy_id == strategy_id, Position.ticker == ticker
+        )
+    )
+    return quantity or Decimal(0)
+
+
+def unlock(session: Session, row: TickerOwnership, reason: str) -> bool:
+    """End the ownership lock now (the ownership stays). False when it was not locked."""
+    now = db_now(session)
+    if row.locked_until is None or row.locked_until <= now:
+        return False
+    row.locked_until = now
+    session.flush()
+    return True

@@ -1,5 +1,5 @@
-"""The counts pre-trade risk and the conflict check read: open orders, recent signals, the
-last fill price, live orders and promised sells per strategy and ticker."""
+"""The counts pre-trade risk and the conflict check read: open orders, recent signals, live
+orders and promised sells per strategy and ticker."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ class RiskSnapshot:
     kill_switch_on: bool
     open_orders: int
     signals_last_minute: int
-    last_price: Decimal | None
 
 
 _OPEN_STATES = [s.value for s in OrderState if s not in TERMINAL_STATES and s is not S.IDLE]
@@ -53,15 +52,8 @@ def risk_snapshot(session: Session, order: Order) -> RiskSnapshot:
         )
         .scalar_subquery()
     )
-    last_price = (
-        select(Order.avg_fill_price)
-        .where(Order.ticker == order.ticker, Order.avg_fill_price.isnot(None))
-        .order_by(Order.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    row = session.execute(select(kill, open_orders, recent, last_price)).one()
-    return RiskSnapshot(bool(row[0]), row[1] or 0, row[2] or 0, row[3])
+    row = session.execute(select(kill, open_orders, recent)).one()
+    return RiskSnapshot(bool(row[0]), row[1] or 0, row[2] or 0)
 
 
 def live_order_count(session: Session, strategy_id: int, ticker: str) -> int:

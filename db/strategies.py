@@ -89,12 +89,14 @@ def set_active(session: Session, name: str, active: bool, reason: str) -> Strate
     if strategy.active == active:
         return strategy
     strategy.active = active
-    released = [] if active else release_for_strategy(session, strategy, f"{name} deactivated")
+    released, kept = (
+        ([], []) if active else release_for_strategy(session, strategy, f"{name} deactivated")
+    )
     emit(
         session,
         Event.of(
             EventType.STRATEGY_ACTIVATED if active else EventType.STRATEGY_DEACTIVATED,
-            StrategyToggled(reason=reason, released_tickers=released),
+            StrategyToggled(reason=reason, released_tickers=released, unlocked_tickers=kept),
             strategy=name,
         ),
     )

@@ -15,11 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
+from core.signals import is_name
 from db.models import ApiToken, WebSession
 
 SCOPES = ("read", "trade", "admin")  # each includes the ones before it
 TOKEN_PREFIX = "arb_"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)
 
 
 def digest(secret: str) -> str:
@@ -40,7 +41,7 @@ class NewToken:
 
 
 def create_token(session: Session, name: str, scope: str, strategy: str | None = None) -> NewToken:
-    if not NAME_PATTERN.match(name):
+    if not is_name(NAME_PATTERN, name):
         raise InvalidInput(f"token name {name!r}: 1-64 of A-Z a-z 0-9 _ . - (no spaces)")
     if scope not in SCOPES:
         raise InvalidInput(f"scope {scope!r}: use one of {', '.join(SCOPES)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from core.brokerage import Side
+from core.brokerage import STOP_TYPES, OrderType, Side
 from core.conflicts import ConflictDecision, Ownership, Resolution, StrategyView, decide
 from core.event_payloads import ConflictDecided
 from core.events import Event, EventType
@@ -66,6 +66,8 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
     shortfall = _long_only_shortfall(session, order, strategy, decision, owner_row)
     if shortfall:
         return finish(S.REJECTED, f"{decision.reasoning}; but {shortfall}", passed=True)
+    if _protects_own_position(session, order, strategy, owner_row):
+        manager.update(order, protective=True)
     if decision.resolution is Resolution.PRIORITY_OVERRIDE:
         assert owner_row is not None
         transfer(session, owner_row, strategy, order.id, reason=decision.reasoning)
@@ -149,6 +151,18 @@ def _long_only_shortfall(
         f"sell of {order.quantity} exceeds {strategy.name}'s position of {held} "
         f"(of which {promised} already on sale): long-only"
     )
+
+
+def _protects_own_position(
+    session: Session, order: Order, strategy: Strategy, owner_row: TickerOwnership | None
+) -> bool:
+    """A stop sell by the owner on its own position: a protective stop-loss, whose fill
+    releases the ownership lock (POSITION_STOP_LOSS_TRIGGERED)."""
+    if order.side != Side.SELL.value or OrderType(order.order_type) not in STOP_TYPES:
+        return False
+    assert order.ticker is not None
+    owner_ok = owner_row is None or owner_row.strategy_id == strategy.id
+    return owner_ok and strategy_quantity(session, strategy.id, order.ticker) > 0
 
 
 def _view(strategy: Strategy) -> StrategyView:

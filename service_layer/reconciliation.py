@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from core.brokerage import Brokerage, BrokerOrder, Side
 from core.errors import (
@@ -44,7 +44,8 @@ from db.models import (
 )
 from db.order_manager import OrderManager
 from db.outbox import emit
-from service_layer.settlement import release_unfilled_claim, settle
+from service_layer import cancellation
+from service_layer.settlement import release_unfilled_claim, settle, settle_legs
 
 log = logging.getLogger(__name__)
 S = OrderState
@@ -83,6 +84,8 @@ class ReconcileReport:
     orphans: int = 0
     errors: int = 0
     brokerage_calls: int = 0
+    cancels_sent: int = 0
+    legs_recorded: int = 0
     changes: list[OrderChange] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -224,6 +227,9 @@ def reconcile_open_orders(
             if after_first_commit is not None:
                 after_first_commit()
 
+    report.cancels_sent = _send_requested_cancels(database, brokerage, reports, counter)
+    report.legs_recorded = _record_missing_legs(database, brokerage, counter, actor)
+
     for coid in (c for c in reports if c not in by_coid):
         if coid.startswith(CLIENT_ORDER_ID_PREFIX) and _record_orphan(database, reports[coid]):
             report.orphans += 1
@@ -232,6 +238,68 @@ def reconcile_open_orders(
             )
     report.brokerage_calls = counter.total
     return report
+
+
+def _send_requested_cancels(
+    database: Database,
+    brokerage: Brokerage,
+    reports: dict[str, BrokerOrder],
+    counter: _CallCounter,
+) -> int:
+    """Cancels recorded while a submission was in flight, or whose sending failed: sent now
+    for each order still open at the brokerage (and not already pending its cancel)."""
+    with database.unit_of_work() as uow:
+        waiting = uow.session.execute(
+            select(Order.id, Order.client_order_id).where(
+                Order.cancel_requested_at.isnot(None),
+                Order.state.in_([S.ORDER_SENT.value, S.PARTIAL_FILLED.value]),
+            )
+        ).all()
+    sent = 0
+    for order_id, coid in waiting:
+        broker = reports.get(coid)
+        if broker is not None and broker.status in ("pending_cancel", "canceled"):
+            continue
+        counter.tick()
+        if cancellation.carry_out(database, brokerage, order_id) is not None:
+            sent += 1
+    return sent
+
+
+def _record_missing_legs(
+    database: Database, brokerage: Brokerage, counter: _CallCounter, actor: str
+) -> int:
+    """Parents of a bracket, OCO or OTO whose legs are not recorded yet (a listing does not
+    nest them): each is read by its brokerage id, legs included, and settled."""
+    leg = aliased(Order)
+    with database.unit_of_work() as uow:
+        parents = uow.session.execute(
+            select(Order.id, Order.brokerage_order_id)
+            .where(
+                Order.order_class != "simple",
+                Order.parent_order_id.is_(None),
+                Order.brokerage_order_id.isnot(None),
+                Order.state.in_([S.ORDER_SENT.value, S.PARTIAL_FILLED.value, S.FULLY_FILLED.value]),
+                ~select(leg.id).where(leg.parent_order_id == Order.id).exists(),
+            )
+            .order_by(Order.id)
+            .limit(CONFIRM_PER_PASS)
+        ).all()
+    recorded = 0
+    for order_id, brokerage_id in parents:
+        counter.tick()
+        try:
+            report = brokerage.get(str(brokerage_id))
+        except (*_UNREADABLE, BrokerageRejected) as exc:
+            log.warning("reading the legs of order %s failed (%s): next pass", order_id, exc)
+            continue
+        if not report.legs:
+            continue
+        with database.unit_of_work() as uow:
+            order = OrderManager(uow.session).lock(order_id)
+            recorded += settle_legs(uow.session, order, report, actor=actor)
+            uow.commit()
+    return recorded
 
 
 # A brokerage answer that did not come, or could not be read: the question stays open.

@@ -18,11 +18,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
-from core.brokerage import Brokerage, BrokerOrder, OrderRequest, OrderType, Side, TimeInForce
+from core.brokerage import (
+    Brokerage,
+    BrokerOrder,
+    OrderClass,
+    OrderRequest,
+    OrderType,
+    Side,
+    StopLoss,
+    TakeProfit,
+    TimeInForce,
+)
 from core.errors import (
     BrokerageProtocolError,
     BrokerageRejected,
@@ -35,10 +47,12 @@ from db.engine import Database
 from db.kill_switch import kill_switch_on
 from db.models import Order
 from db.order_manager import OrderManager
+from service_layer import cancellation
 from service_layer.settlement import release_unfilled_claim, settle
 
 S = OrderState
 ACTOR = "arbiter.submit"
+_AT_BROKERAGE = (S.ORDER_SENT.value, S.PARTIAL_FILLED.value)
 
 
 @dataclass(frozen=True)
@@ -78,8 +92,10 @@ def submit(
         return
     after_accepted()
     with database.unit_of_work() as uow:
-        record_accepted(uow.session, order_id, report, on_order=on_order)
+        cancel_waiting = record_accepted(uow.session, order_id, report, on_order=on_order)
         uow.commit()
+    if cancel_waiting:  # asked for while the submission was in flight: carried out now
+        cancellation.carry_out(database, brokerage, order_id)
 
 
 def begin_submit(
@@ -175,12 +191,14 @@ def record_accepted(
     report: BrokerOrder,
     *,
     on_order: Callable[[Order], None] = lambda _o: None,
-) -> None:
+) -> bool:
     """The brokerage holds the order: settlement moves it to ORDER_SENT (with the brokerage's
-    id) and books whatever fills the answer already carries."""
+    id) and books whatever fills the answer already carries. True when a cancel was asked
+    for meanwhile and the order is still open at the brokerage."""
     order = OrderManager(session).lock(order_id)
     on_order(order)
     settle(session, order, report, actor=ACTOR)
+    return order.cancel_requested_at is not None and order.state in _AT_BROKERAGE
 
 
 def record_rejection(
@@ -206,12 +224,32 @@ def record_rejection(
 
 def request_for(order: Order) -> OrderRequest:
     assert order.ticker and order.side and order.quantity is not None
+    signal: dict[str, Any] = (order.order_metadata or {}).get("signal") or {}
+    take_profit = signal.get("take_profit")
+    stop_loss = signal.get("stop_loss")
+    order_class = OrderClass(order.order_class)
+    limit_price = order.limit_price
+    if order_class is OrderClass.OCO and limit_price is None and take_profit:
+        limit_price = Decimal(take_profit["limit_price"])  # an OCO's limit is its take-profit
     return OrderRequest(
         client_order_id=order.client_order_id,
         symbol=order.ticker,
         side=Side(order.side),
         quantity=order.quantity,
         order_type=OrderType(order.order_type),
-        limit_price=order.limit_price,
+        limit_price=limit_price,
         time_in_force=TimeInForce(order.time_in_force),
+        stop_price=order.stop_price,
+        trail_price=order.trail_price,
+        trail_percent=order.trail_percent,
+        order_class=order_class,
+        take_profit=TakeProfit(Decimal(take_profit["limit_price"])) if take_profit else None,
+        stop_loss=(
+            StopLoss(
+                Decimal(stop_loss["stop_price"]),
+                Decimal(stop_loss["limit_price"]) if stop_loss.get("limit_price") else None,
+            )
+            if stop_loss
+            else None
+        ),
     )

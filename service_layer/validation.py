@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from decimal import Decimal
+
 from sqlalchemy.orm import Session
 
 from core.event_payloads import RiskLimitExceeded
@@ -17,7 +20,19 @@ from db.risk_counts import risk_snapshot
 S = OrderState
 
 
-def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: str) -> int:
+PriceSource = Callable[[str], Decimal | None]
+
+
+def validate(
+    session: Session,
+    order_id: int,
+    defaults: RiskLimits,
+    *,
+    actor: str,
+    reference_price: PriceSource = lambda _ticker: None,
+) -> int:
+    """`reference_price` is asked only for an order without a limit price (a market or stop
+    order); a BrokerageUnavailable from it propagates (the task retries)."""
     manager = OrderManager(session)
     order = manager.lock(order_id)
     if order.state != S.SIGNAL_RECEIVED.value or order.needs_manual_review:
@@ -25,21 +40,22 @@ def validate(session: Session, order_id: int, defaults: RiskLimits, *, actor: st
         return order.id
     assert order.ticker is not None and order.quantity is not None
     strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
-    facts = OrderFacts(order.ticker, order.quantity, order.limit_price)
+    facts = OrderFacts(order.ticker, order.quantity, order.limit_price, order.stop_price)
     world = risk_snapshot(session, order)
+    market = reference_price(order.ticker) if order.limit_price is None else None
     context = RiskContext(
         strategy_active=bool(strategy and strategy.active),
         kill_switch_on=world.kill_switch_on,
         open_orders=world.open_orders,
         signals_last_minute=world.signals_last_minute,
-        reference_price=order.limit_price or world.last_price,
+        reference_price=market,
     )
     limits = defaults.overridden_by(strategy.config if strategy else {})
     verdicts = evaluate(facts, limits, context)
     manager.merge_metadata(
         order,
         validation=[{"rule": v.rule, "passed": v.passed} for v in verdicts],
-        reference_price=str(context.reference_price) if context.reference_price else None,
+        reference_price=str(market) if market is not None else None,
     )
     failed = first_failure(verdicts)
     if failed is None:

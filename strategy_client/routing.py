@@ -21,12 +21,15 @@ INTAKE = "arbiter.intake"
 VALIDATE = "arbiter.validate"
 CHECK_CONFLICT = "arbiter.check_conflict"
 SUBMIT = "arbiter.submit"
+CANCEL = "arbiter.cancel_order"
+REPLACE = "arbiter.replace_order"
 
 RECONCILE_ORDERS = "arbiter.reconcile_orders"
 RECOVER_STALLED = "arbiter.recover_stalled"
 RECONCILE_POSITIONS = "arbiter.reconcile_positions"
 RELAY_EVENTS = "arbiter.relay_events"
 EXPIRE_OWNERSHIP = "arbiter.expire_ownership"
+PURGE_EVENTS = "arbiter.purge_events"
 STARTUP_RECOVERY = "arbiter.startup_recovery"
 
 NOTIFY_DISPATCH = "arbiter.notify_dispatch"
@@ -39,11 +42,14 @@ TASK_ROUTES = {
     VALIDATE: {"queue": SIGNALS_QUEUE},
     CHECK_CONFLICT: {"queue": SIGNALS_QUEUE},
     SUBMIT: {"queue": ORDERS_QUEUE},
+    CANCEL: {"queue": ORDERS_QUEUE},
+    REPLACE: {"queue": ORDERS_QUEUE},
     RECONCILE_ORDERS: {"queue": MAINTENANCE_QUEUE},
     RECOVER_STALLED: {"queue": MAINTENANCE_QUEUE},
     RECONCILE_POSITIONS: {"queue": MAINTENANCE_QUEUE},
     RELAY_EVENTS: {"queue": MAINTENANCE_QUEUE},
     EXPIRE_OWNERSHIP: {"queue": MAINTENANCE_QUEUE},
+    PURGE_EVENTS: {"queue": MAINTENANCE_QUEUE},
     STARTUP_RECOVERY: {"queue": MAINTENANCE_QUEUE},
     NOTIFY_DISPATCH: {"queue": NOTIFICATIONS_QUEUE},
     NOTIFY_DELIVER: {"queue": NOTIFICATIONS_QUEUE},

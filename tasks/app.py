@@ -7,31 +7,16 @@ Each setting below is chosen for this workload (money moves on these messages):
 from __future__ import annotations
 
 from celery import Celery
-from kombu.entity import Queue
 
-from core.settings import DEFAULT_REDIS_URL, Settings, get_settings, retry_backoff_max_s
-from strategy_client.routing import (
-    MAINTENANCE_QUEUE,
-    NOTIFICATIONS_QUEUE,
-    ORDERS_QUEUE,
-    SIGNALS_QUEUE,
-    TASK_ROUTES,
-)
+from core.settings import Settings, get_settings, retry_backoff_max_s
+from strategy_client.broker import broker_config, broker_url
+from strategy_client.routing import SIGNALS_QUEUE, TASK_ROUTES
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
-    redis_url = settings.redis_url or DEFAULT_REDIS_URL
-    transport = {
-        # A task unacked for this long is redelivered to another worker. It must exceed the
-        # longest task and any retry countdown, or a slow task would run twice.
-        "visibility_timeout": settings.visibility_timeout_s,
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
-        "health_check_interval": 25,
-    }
     return {
-        "broker_url": redis_url,
-        "broker_transport_options": transport,
+        # Redis, or RabbitMQ for an amqp:// ARBITER_BROKER_URL: see strategy_client/broker.py.
+        **broker_config(broker_url(settings), settings.visibility_timeout_s),
         # No result backend: tasks hand the order id down the chain; state lives in Postgres.
         "task_ignore_result": True,
         "result_backend": None,
@@ -42,8 +27,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # One message at a time per process: a crash loses no prefetched work to a timeout,
         # and a slow brokerage call does not hold signals hostage.
         "worker_prefetch_multiplier": 1,
-        # When Redis goes away, long-running tasks are cancelled and redelivered rather than
-        # left half-acked.
+        # When the broker goes away, long-running tasks are cancelled and redelivered rather
+        # than left half-acked.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
         "task_time_limit": settings.task_time_limit_s,
@@ -52,16 +37,13 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        # Task events, so Flower shows every task with its arguments.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost each task a few messages; off unless ARBITER_TASK_EVENTS is set.
+        # Flower turns them on in the running workers when it starts (enable_events).
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "task_track_started": True,
         "task_routes": TASK_ROUTES,
         "task_default_queue": SIGNALS_QUEUE,
-        "task_queues": [
-            Queue(name)
-            for name in (SIGNALS_QUEUE, ORDERS_QUEUE, MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE)
-        ],
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
@@ -73,7 +55,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
 
 
-TASK_MODULES = ["tasks.pipeline", "tasks.maintenance", "tasks.notifications"]
+TASK_MODULES = ["tasks.pipeline", "tasks.maintenance", "tasks.notifications", "tasks.order_control"]
 
 
 def create_app(settings: Settings | None = None) -> Celery:

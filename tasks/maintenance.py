@@ -27,6 +27,7 @@ from sqlalchemy import select
 from core.event_payloads import ErrorOccurred, SystemChanged
 from core.events import Event, EventType
 from core.settings import Settings
+from db import event_history
 from db.clock import db_now
 from db.engine import Database
 from db.models import Order, ReviewItem
@@ -90,6 +91,7 @@ def _intervals() -> dict[str, float]:
         routing.RECONCILE_POSITIONS: s.reconcile_positions_interval_s,
         routing.RELAY_EVENTS: s.relay_interval_s,
         routing.EXPIRE_OWNERSHIP: s.expire_locks_interval_s,
+        routing.PURGE_EVENTS: s.purge_events_interval_s,
     }
 
 
@@ -268,6 +270,29 @@ def expire_ownership() -> dict[str, Any]:
     if released or expired:
         log.info("ownership: %d stale claims released, %d locks ran out", released, expired)
     return {"released": released, "locks_expired": expired}
+
+
+# One run deletes at most this many batches; the next run goes on (bounded run time and locks).
+PURGE_MAX_BATCHES = 100
+
+
+@shared_task(name=routing.PURGE_EVENTS)
+def purge_events() -> dict[str, Any]:
+    """Retention: delete published events older than ARBITER_EVENT_RETENTION_DAYS, in bounded
+    batches; events the relay still owes are never deleted. 0 days keeps everything."""
+    rt = runtime()
+    days = rt.settings.event_retention_days
+    if days <= 0:
+        return {"skipped": True, "reason": "ARBITER_EVENT_RETENTION_DAYS is 0 (keep forever)"}
+    with exclusive(routing.PURGE_EVENTS, _lock_timeout()) as held:
+        if not held:
+            return SKIPPED
+        report = event_history.purge_history(
+            rt.database, timedelta(days=days), max_batches=PURGE_MAX_BATCHES
+        )
+    if report.deleted:
+        log.info("retention: %d events older than %s deleted", report.deleted, report.cutoff)
+    return report.as_dict()
 
 
 @shared_task(name=routing.STARTUP_RECOVERY)

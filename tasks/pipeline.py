@@ -115,7 +115,13 @@ def validate(order_id: int) -> int:
     order_id = _order_id(order_id)
     rt = runtime()
     with rt.database.unit_of_work() as uow:
-        validation.validate(uow.session, order_id, rt.risk_limits, actor=routing.VALIDATE)
+        validation.validate(
+            uow.session,
+            order_id,
+            rt.risk_limits,
+            actor=routing.VALIDATE,
+            reference_price=rt.reference_prices.price,
+        )
         _bind_log_context(uow)
         uow.commit()
     return order_id

@@ -26,7 +26,7 @@ from sqlalchemy import func, select, text
 
 from arbiter import demo_strategies
 from arbiter.commands import common
-from arbiter.services import postgres_reachable, redis_reachable
+from arbiter.embedded import postgres_reachable, redis_reachable
 from arbiter.stack import Stack, data_dir_of, owner_pid, read_env_file
 from arbiter.supervisor import ChildFailed, Shutdown, signals_ignored, sigterm_as_shutdown
 from bootstrap import bootstrap

@@ -1,5 +1,5 @@
 """`arbiter events`: read the event history, follow the live stream, publish an event, show
-each type's payload schema."""
+each type's payload schema, purge old history."""
 
 from __future__ import annotations
 
@@ -22,7 +22,14 @@ from bootstrap import bootstrap
 from core.errors import InvalidInput
 from core.events import Event, EventType, parse_event_type, payload_schemas
 from core.settings import Settings
-from db.event_history import list_events
+from db.engine import Database
+from db.event_history import (
+    PURGE_BATCH,
+    count_purgeable,
+    list_events,
+    purge_cutoff,
+    purge_history,
+)
 from db.outbox import record_to_event
 from strategy_client.external_events import publish_external
 from strategy_client.subscriber import EventSubscriber
@@ -121,6 +128,14 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
             f"--since {value!r}: use e.g. 10m, 2h, 1d or an ISO time like 2025-01-31T09:30:00Z"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_age(value: str) -> timedelta:
+    """`90d`, `12h`, `2w`, `30m`: a positive age."""
+    match = _RELATIVE.match(value)
+    if not match or int(match.group(1)) <= 0:
+        raise InvalidInput(f"--older-than {value!r}: use a positive age like 90d, 12h or 2w")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
 def _style(event_type: EventType) -> str:
@@ -303,3 +318,44 @@ def _schema_fields(schema: dict[str, Any]) -> list[str]:
     for variant in variants or [schema]:
         names += [name for name in variant.get("properties", {}) if name not in names]
     return names
+
+
+@app.command("purge")
+def purge_command(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Delete history older than this: 90d, 12h, 2w.")
+    ],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Rows per delete (and per transaction).")
+    ] = PURGE_BATCH,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete published events older than --older-than, in batches (as the beat's retention
+    task does with ARBITER_EVENT_RETENTION_DAYS). Events not yet published are never deleted."""
+    _, database_url, _ = _settings(redis=False)
+    try:
+        age = parse_age(older_than)
+    except InvalidInput as exc:
+        fail(str(exc))
+    database = Database(database_url, pool_size=1)
+    try:
+        with database.sessions() as session:
+            cutoff = purge_cutoff(session, age)
+            count = count_purgeable(session, cutoff)
+        shown = cutoff.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if count and not yes:
+            typer.confirm(f"Delete {count} published events that occurred before {shown}?",
+                          abort=True, err=True)
+        report = purge_history(database, age, batch_size=batch_size, cutoff=cutoff)
+    except InvalidInput as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        _unreachable(database_url, exc)
+    finally:
+        database.dispose()
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+    else:
+        typer.echo(f"deleted {report.deleted} events that occurred before {shown} "
+                   f"({report.batches} batches; unpublished events kept)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from decimal import Decimal
 from typing import Annotated
 
 import typer
@@ -9,11 +11,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from arbiter.commands import common
-from core.errors import InvalidInput
+from core.brokerage import Brokerage
+from core.errors import InvalidInput, OrderNotOpen
+from core.market_data import ReferencePrices
+from core.risk import RiskLimits
+from core.settings import Settings
 from db.models import EventRecord, Fill, Order, OrderTransition
+from service_layer.cancellation import cancel_order
+from service_layer.replacement import ReplaceChanges, replace_order
+
+ACTOR = "cli"
 
 app = typer.Typer(
-    help="Orders: `arbiter orders` lists them, `arbiter orders show ID` explains one.",
+    help="Orders: `arbiter orders` lists them, `orders show ID` explains one, `orders cancel ID` "
+    "and `orders replace ID` act on one.",
     invoke_without_command=True,
 )
 
@@ -131,3 +142,88 @@ def show(
         events, as_json=False, columns=("seq", "type", "occurred_at", "source", "payload"),
         title="events", empty="no events",
     )  # fmt: skip
+
+
+def _brokerage() -> Brokerage:
+    from adapters.alpaca import AlpacaBrokerage
+
+    return AlpacaBrokerage.from_settings(common.settings())
+
+
+@app.command()
+def cancel(
+    key: Annotated[str, typer.Argument(metavar="ID_OR_CLIENT_ORDER_ID")],
+    as_json: common.AsJson = False,
+) -> None:
+    """Cancel one order: at once before submission; at the brokerage, CANCELLED once it
+    confirms (fills that raced the cancel are booked). Exit 1 on an order already final."""
+    with common.guarded(), common.open_database() as database:
+        try:
+            result = cancel_order(database, _brokerage(), key, requested_by=ACTOR)
+        except OrderNotOpen as exc:
+            common.fail(str(exc), code=1)
+    if as_json:
+        common.print_json(asdict(result))
+        return
+    typer.echo(f"order {result.order_id}: {result.state} ({result.message})")
+
+
+@app.command()
+def replace(
+    key: Annotated[str, typer.Argument(metavar="ID_OR_CLIENT_ORDER_ID")],
+    quantity: Annotated[str | None, typer.Option(help="the new total quantity")] = None,
+    limit_price: Annotated[str | None, typer.Option(help="the new limit price")] = None,
+    stop_price: Annotated[str | None, typer.Option(help="the new stop price")] = None,
+    as_json: common.AsJson = False,
+) -> None:
+    """Replace one open order through the brokerage's replace; the replacement is an order
+    of its own, linked to this one. A larger quantity passes the risk rules again."""
+    with common.guarded(), common.open_database() as database:
+        changes = ReplaceChanges(
+            _number("--quantity", quantity),
+            _number("--limit-price", limit_price),
+            _number("--stop-price", stop_price),
+        )
+        settings = common.settings()
+        from adapters.market_data import AlpacaMarketData
+
+        try:
+            result = replace_order(
+                database,
+                _brokerage(),
+                key,
+                changes,
+                requested_by=ACTOR,
+                limits=risk_limits(settings),
+                reference_price=ReferencePrices(AlpacaMarketData.from_settings(settings)).price,
+            )
+        except OrderNotOpen as exc:
+            common.fail(str(exc), code=1)
+    if as_json:
+        common.print_json(asdict(result))
+        return
+    typer.echo(
+        f"order {result.original_id} replaced by order {result.replacement_id} "
+        f"({result.client_order_id}): {result.state}"
+    )
+
+
+def risk_limits(settings: Settings) -> RiskLimits:
+    return RiskLimits(
+        max_order_quantity=settings.max_order_quantity,
+        max_order_notional=settings.max_order_notional,
+        max_open_orders=settings.max_open_orders_per_strategy,
+        max_signals_per_minute=settings.max_signals_per_minute,
+    )
+
+
+def _number(option: str, value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        number = Decimal(value.strip())
+    except ArithmeticError:
+        raise InvalidInput(f"{option}: not a number: {value!r}") from None
+    if not number.is_finite() or number <= 0:
+        raise InvalidInput(f"{option}: must be a positive number")
+    return number

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -9,13 +10,13 @@ import typer
 from sqlalchemy import select
 
 from arbiter.commands import common
-from core.errors import InvalidInput
-from core.signals import TICKER_PATTERN, is_name
 from db.models import TickerOwnership
-from db.ownership import current_owner, lock_ticker, release
+from service_layer import ownership_moves
+from strategy_client.client import SignalClient
 
 app = typer.Typer(
-    help="Ticker ownership: `arbiter ownership` lists owners, `ownership release T` frees one.",
+    help="Ticker ownership: `arbiter ownership` lists owners, `ownership release T` frees a "
+    "flat one, `ownership transfer T --to S` moves one with its position.",
     invoke_without_command=True,
 )
 
@@ -67,17 +68,48 @@ def list_ownership(
 def release_ticker(
     ticker: Annotated[str, typer.Argument(help="e.g. NVDA")],
     reason: Annotated[str, typer.Option(help="recorded on the release")] = "released by operator",
+    liquidate: Annotated[
+        bool,
+        typer.Option(
+            "--liquidate",
+            help="sell the owner's position (a market sell through the pipeline, as the "
+            "owner); the ownership ends when it is flat",
+        ),
+    ] = False,
 ) -> None:
-    """Release TICKER's live owner now, lock or no lock."""
-    symbol = ticker.strip().upper()
+    """Release TICKER's owner now, lock or no lock, when its position is flat; refused while
+    it holds shares (unless --liquidate)."""
     with common.unit_of_work() as uow:
-        if not is_name(TICKER_PATTERN, symbol):
-            raise InvalidInput(f"{ticker!r} is not a ticker")
-        lock_ticker(uow.session, symbol)
-        row = current_owner(uow.session, symbol)
-        if row is None:
-            raise InvalidInput(f"{symbol} has no owner")
-        owner = row.strategy.name
-        release(uow.session, row, reason)
+        if liquidate:
+            move = ownership_moves.begin_liquidation(uow.session, ticker, reason)
+        else:
+            move = ownership_moves.release_ownership(uow.session, ticker, reason)
         uow.commit()
-    typer.echo(f"released {symbol} from {owner}")
+    if liquidate and move.quantity:
+        client = SignalClient(common.redis_url())
+        try:
+            coid = client.submit_signal(
+                move.from_strategy,
+                move.ticker,
+                "sell",
+                move.quantity,
+                signal_id=f"liquidate-{move.ticker}-{uuid.uuid4().hex[:12]}",
+            )
+        finally:
+            client.close()
+        typer.echo(f"{move.message} (order {coid})")
+        return
+    typer.echo(move.message)
+
+
+@app.command("transfer")
+def transfer_ticker(
+    ticker: Annotated[str, typer.Argument(help="e.g. NVDA")],
+    to: Annotated[str, typer.Option("--to", help="the strategy that takes over")],
+    reason: Annotated[str, typer.Option(help="recorded on the transfer")] = "operator transfer",
+) -> None:
+    """Move TICKER's ownership and its position (quantity and average cost) to --to."""
+    with common.unit_of_work() as uow:
+        move = ownership_moves.transfer_ownership(uow.session, ticker, to, reason)
+        uow.commit()
+    typer.echo(move.message)

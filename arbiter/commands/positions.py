@@ -8,6 +8,9 @@ import typer
 from sqlalchemy import select
 
 from arbiter.commands import common
+from core.errors import ArbiterError
+from core.market_data import ReferencePrices
+from core.positions import unrealized_pnl
 from db import strategies as strategy_store
 from db.models import Position, Strategy
 
@@ -30,6 +33,12 @@ def positions(
     show_all: Annotated[
         bool, typer.Option("--all", help="include closed (zero) positions")
     ] = False,
+    with_prices: Annotated[
+        bool,
+        typer.Option(
+            "--prices", help="add the market's reference price and the unrealised P&L"
+        ),
+    ] = False,
     as_json: common.AsJson = False,
 ) -> None:
     """Open positions by strategy and ticker (closed ones with --all)."""
@@ -46,4 +55,23 @@ def positions(
                 Position.strategy_id == strategy_store.require_strategy(uow.session, strategy).id
             )
         rows = [position_row(p) for p in uow.session.scalars(query)]
-    common.show_rows(rows, as_json=as_json, columns=COLUMNS, empty="no positions")
+    columns: tuple[str, ...] = COLUMNS
+    if with_prices:
+        _add_prices(rows)
+        columns = (*COLUMNS[:-1], "market_price", "unrealized_pnl", COLUMNS[-1])
+    common.show_rows(rows, as_json=as_json, columns=columns, empty="no positions")
+
+
+def _add_prices(rows: list[common.Row]) -> None:
+    """Reference prices from the market-data port (one question per ticker); a ticker without
+    a price, or a source that cannot be reached, shows none rather than a made-up figure."""
+    from adapters.market_data import AlpacaMarketData
+
+    prices = ReferencePrices(AlpacaMarketData.from_settings(common.settings()))
+    for row in rows:
+        try:
+            price = prices.price(row["ticker"])
+        except ArbiterError:
+            price = None
+        row["market_price"] = price
+        row["unrealized_pnl"] = unrealized_pnl(row["quantity"], row["avg_cost"], price)

@@ -18,6 +18,7 @@ from arbiter.commands import (
     report,
     review,
     strategies,
+    stream,
     submit,
     tokens,
     up,
@@ -45,3 +46,4 @@ def register(root: typer.Typer) -> None:
     root.command("web")(web.web)
     root.add_typer(events.app, name="events")
     root.add_typer(brokersim_cli.app, name="brokersim")
+    root.command("stream")(stream.stream)

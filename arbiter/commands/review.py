@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from arbiter.commands import common
 from core.errors import InvalidInput
 from db.models import Order, ReviewItem
 from db.order_manager import OrderManager
+from service_layer import review_actions
 
 app = typer.Typer(help="Items waiting for a human decision.", no_args_is_help=True)
 
@@ -53,8 +55,28 @@ def resolve(
     state: Annotated[
         str | None, typer.Option(help="move the order to this state (audited)")
     ] = None,
+    correct: Annotated[
+        str | None,
+        typer.Option(
+            help="correct a final order to the brokerage's final word, e.g. a fill found "
+            "after CANCELLED: --correct FULLY_FILLED (audited, ORDER_CORRECTED)"
+        ),
+    ] = None,
+    adopt_brokerage: Annotated[
+        bool,
+        typer.Option(
+            "--adopt-brokerage",
+            help="position mismatch: book the difference so that Arbiter holds the "
+            "brokerage's quantity (audited, POSITION_ADJUSTED)",
+        ),
+    ] = False,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="with --adopt-brokerage: the strategy to book to (default: owner)"),
+    ] = None,
 ) -> None:
-    """Close a review item; for an order item, optionally move the order to --state."""
+    """Close a review item; for an order item, optionally move the order to --state or
+    --correct a final one; for a position mismatch, optionally --adopt-brokerage."""
     with common.unit_of_work() as uow:
         if not note.strip():
             raise InvalidInput("--note must not be empty")
@@ -64,7 +86,27 @@ def resolve(
             raise InvalidInput(f"no review item {item_id}")
         if item.resolved_at is not None:
             raise InvalidInput(f"review item {item_id} was already resolved at {item.resolved_at}")
-        if item.order_id is not None:
+        if correct is not None:
+            order = review_actions.correct_order(
+                uow.session, item, common.parse_state(correct), note, ACTOR
+            )
+            outcome = f"order {order.id} corrected to {order.state}"
+        elif adopt_brokerage:
+            quantity, avg = _brokerage_position(item.ticker or "")
+            adjusted = review_actions.adopt_brokerage_position(
+                uow.session,
+                item,
+                brokerage_quantity=quantity,
+                brokerage_avg_price=avg,
+                strategy=strategy,
+                note=note,
+                actor=ACTOR,
+            )
+            outcome = (
+                f"{adjusted.strategy} now holds {common.plain_decimal(adjusted.after)} "
+                f"{adjusted.ticker} (was {common.plain_decimal(adjusted.before)})"
+            )
+        elif item.order_id is not None:
             order = OrderManager(uow.session).resolve_review(
                 item.order_id, note=note, actor=ACTOR, target=target
             )
@@ -77,3 +119,14 @@ def resolve(
             outcome = f"{item.kind} item"
         uow.commit()
     typer.echo(f"resolved review item {item_id} ({outcome})")
+
+
+def _brokerage_position(ticker: str) -> tuple[Decimal, Decimal | None]:
+    """The brokerage's quantity and average entry price in `ticker`, asked now."""
+    from adapters.alpaca import AlpacaBrokerage
+
+    brokerage = AlpacaBrokerage.from_settings(common.settings())
+    for position in brokerage.list_positions():
+        if position.symbol == ticker:
+            return position.quantity, position.avg_entry_price
+    return Decimal(0), None

@@ -130,24 +130,33 @@ def activate(name: Name, reason: Reason = "activated by operator") -> None:
 
 @app.command()
 def deactivate(name: Name, reason: Reason = "deactivated by operator") -> None:
-    """Reject the strategy's new signals and release the tickers it owns."""
+    """Reject the strategy's new signals and release its ownership locks: tickers where it
+    holds no position are released; where it holds shares it stays the (unlocked) owner until
+    an active strategy trades the ticker and takes over ownership and position."""
     with common.unit_of_work() as uow:
         strategy = strategy_store.require_strategy(uow.session, name)
         was_active = strategy.active
-        owned = list(
-            uow.session.scalars(
-                select(TickerOwnership.ticker)
-                .where(
-                    TickerOwnership.strategy_id == strategy.id,
-                    TickerOwnership.released_at.is_(None),
+
+        def owned() -> list[str]:
+            return list(
+                uow.session.scalars(
+                    select(TickerOwnership.ticker)
+                    .where(
+                        TickerOwnership.strategy_id == strategy.id,
+                        TickerOwnership.released_at.is_(None),
+                    )
+                    .order_by(TickerOwnership.ticker)
                 )
-                .order_by(TickerOwnership.ticker)
             )
-        )
+
+        before = owned()
         strategy_store.set_active(uow.session, name, False, reason)
+        kept = owned()
         uow.commit()
     if not was_active:
         typer.echo(f"{name} was already inactive")
         return
-    released = ", ".join(owned) if owned else "none"
+    released = ", ".join(t for t in before if t not in kept) or "none"
     typer.echo(f"{name} deactivated; released tickers: {released}")
+    if kept:
+        typer.echo(f"still owned, unlocked (positions held): {', '.join(kept)}")

@@ -15,9 +15,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-APP_SERVICES = ("migrate", "worker", "notifier", "beat", "flower", "simulator", "web")
-SECRETS = ("POSTGRES_PASSWORD", "ARBITER_BROKERAGE_KEY", "ARBITER_BROKERAGE_SECRET",
-           "ARBITER_FLOWER_USER", "ARBITER_FLOWER_PASSWORD")
+APP_SERVICES = ("migrate", "worker", "notifier", "beat", "stream", "flower", "simulator", "web")
+SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "ARBITER_BROKERAGE_KEY",
+           "ARBITER_BROKERAGE_SECRET", "ARBITER_FLOWER_USER", "ARBITER_FLOWER_PASSWORD")
 FILLED_IN = {name: f"test-{name.lower()}" for name in SECRETS}
 
 
@@ -27,7 +27,16 @@ def services() -> dict[str, Any]:
 
 
 def test_every_service_is_there(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "redis", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", "rabbitmq", *APP_SERVICES}
+
+
+def test_rabbitmq_is_an_opt_in_broker(services: dict[str, Any]) -> None:
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"]
+    assert "rabbitmq-diagnostics" in str(rabbitmq["healthcheck"]["test"])
+    assert all(port.startswith("127.0.0.1:") for port in rabbitmq.get("ports", []))
+    for name in ("worker", "beat", "flower"):
+        assert services[name]["environment"]["ARBITER_BROKER_URL"] == "${ARBITER_BROKER_URL:-}"
 
 
 def test_app_services_share_one_image_built_from_the_dockerfile(
@@ -41,7 +50,7 @@ def test_app_services_share_one_image_built_from_the_dockerfile(
 def test_app_services_wait_for_the_migration(services: dict[str, Any]) -> None:
     assert services["migrate"]["command"] == ["arbiter", "db", "upgrade"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("worker", "notifier", "beat", "flower", "web"):
+    for name in ("worker", "notifier", "beat", "stream", "flower", "web"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
@@ -65,11 +74,35 @@ def test_redis_keeps_every_message(services: dict[str, Any]) -> None:
     assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
 
 
+def test_redis_needs_a_password_that_every_app_service_uses(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert "requirepass" in " ".join(redis["command"])
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    assert redis["user"] == "redis"
+    for name in APP_SERVICES:
+        url = services[name]["environment"]["ARBITER_REDIS_URL"]
+        assert url.startswith("redis://:${REDIS_PASSWORD:?"), (name, url)
+
+
+def test_nothing_waits_for_the_simulator_which_runs_only_in_its_profile(
+    services: dict[str, Any],
+) -> None:
+    assert services["simulator"]["profiles"] == ["simulator"]
+    for name, service in services.items():
+        assert "simulator" not in (service.get("depends_on") or {}), name
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^COMPOSE_PROFILES=simulator$", example, re.M)
+
+
 def test_workers_scale_and_beat_is_single(services: dict[str, Any]) -> None:
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker
     assert "signals,orders,maintenance" in worker["command"]
     assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    # Two trade stream consumers: one holds the account's lease, the other stands by.
+    assert services["stream"]["command"] == ["arbiter", "stream"]
+    assert services["stream"]["deploy"]["replicas"] == 2
 
 
 def test_flower_is_on_loopback_with_auth_from_the_environment(services: dict[str, Any]) -> None:

@@ -79,7 +79,9 @@ def _pending_order(db: Database, raw: dict[str, Any]) -> int:
     order_id = _intake(db, signed(db, raw), message_id=f"m-{raw['signal_id']}")
     assert order_id is not None
     for step in (
-        lambda s: validate(s, order_id, LIMITS, actor="test"),
+        lambda s: validate(
+            s, order_id, LIMITS, actor="test", reference_price=lambda _t: Decimal("100")
+        ),
         lambda s: check_conflict(s, order_id, actor="test"),
     ):
         with db.unit_of_work() as uow:

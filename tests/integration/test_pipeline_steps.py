@@ -40,13 +40,19 @@ def _raw(signal_id: str, **changes: Any) -> dict[str, Any]:
     return raw
 
 
-def _run(db: Database, raw: Any, limits: RiskLimits = LIMITS) -> Order:
+# A fixed market: the reference price of every ticker (None: no price can be had).
+PRICE = Decimal(100)
+
+
+def _run(
+    db: Database, raw: Any, limits: RiskLimits = LIMITS, price: Decimal | None = PRICE
+) -> Order:
     with db.unit_of_work() as uow:
         order_id = intake(uow.session, signed(db, raw), actor="test", message_id="m-1")
         assert order_id is not None
         uow.commit()
     for step in (
-        lambda s: validate(s, order_id, limits, actor="test"),
+        lambda s: validate(s, order_id, limits, actor="test", reference_price=lambda _t: price),
         lambda s: check_conflict(s, order_id, actor="test"),
     ):
         with db.unit_of_work() as uow:
@@ -221,8 +227,8 @@ def test_the_kill_switch_also_stops_orders_already_past_validation(db: Database)
         assert validating is not None and pending is not None
         uow.commit()
     with db.unit_of_work() as uow:
-        validate(uow.session, validating, LIMITS, actor="t")
-        validate(uow.session, pending, LIMITS, actor="t")
+        validate(uow.session, validating, LIMITS, actor="t", reference_price=lambda _t: PRICE)
+        validate(uow.session, pending, LIMITS, actor="t", reference_price=lambda _t: PRICE)
         check_conflict(uow.session, pending, actor="t")
         set_kill_switch(uow.session, True, "halt", actor="t")
         uow.commit()
@@ -237,3 +243,32 @@ def test_the_kill_switch_also_stops_orders_already_past_validation(db: Database)
         ).all()
     assert states == {validating: "REJECTED", pending: "CANCELLED"}
     assert claims == []  # the cancelled order's claim went back
+
+
+def test_a_market_order_without_a_reference_price_is_rejected_not_passed(db: Database) -> None:
+    order = _run(db, _raw("no-price", quantity="10000"), price=None)
+    assert order.state == "REJECTED"
+    assert order.reason == "max_order_notional: no reference price for AAPL"
+
+
+def test_a_market_order_is_judged_at_the_reference_price(db: Database) -> None:
+    # 10,000 shares at 100 is 1,000,000: over the 250,000 cap although no fill was ever seen.
+    order = _run(db, _raw("big", quantity="10000"))
+    assert order.state == "REJECTED"
+    assert order.reason is not None and "notional 1,000,000.00 exceeds" in order.reason
+    assert _run(db, _raw("small", quantity="100")).state == "ORDER_PENDING"
+
+
+def test_a_limit_order_needs_no_reference_price(db: Database) -> None:
+    order = _run(db, _raw("limit", order_type="limit", limit_price="50"), price=None)
+    assert order.state == "ORDER_PENDING"
+
+
+def test_a_stop_order_is_judged_at_its_stop_or_the_market_whichever_is_higher(
+    db: Database,
+) -> None:
+    stop = {"order_type": "stop", "stop_price": "30", "quantity": "3000"}
+    # 3,000 at the market's 90 is 270,000: over the cap, although 3,000 at 30 is not.
+    assert _run(db, _raw("stop-high", **stop), price=Decimal(90)).state == "REJECTED"
+    # Without a market price the stop's own price is the one it trades near.
+    assert _run(db, _raw("stop-no-market", **stop), price=None).state == "ORDER_PENDING"

@@ -7,6 +7,8 @@ the order store and the simulator's own records.
   I4 ownership intervals per ticker never overlap
   I5 every transition's event is in the history exactly once; the subscriber saw every event
   I6 every audit trail is a valid path through the state table ending in the order's state
+  I7 every order with a cancel requested is final (or in review)
+  I8 every protective stop that filled announced POSITION_STOP_LOSS_TRIGGERED exactly once
 (I2, every accepted signal settled within a bound, is the runner's bounded wait.)
 """
 
@@ -23,7 +25,7 @@ from sqlalchemy import select
 
 from core.brokerage import state_for_status
 from core.events import transition_event_type
-from core.states import OrderState, is_valid_path
+from core.states import TERMINAL_STATES, OrderState, is_valid_path
 from db.engine import Database
 from db.models import EventRecord, Fill, Order, OrderTransition, Position, TickerOwnership
 from tests.fixtures.simulator import Simulator
@@ -32,7 +34,7 @@ from tests.fixtures.simulator import Simulator
 def check_invariants(
     db: Database, sim: Simulator, sent: list[dict[str, Any]], seen: Counter[str]
 ) -> list[str]:
-    """I1 and I3-I6 (I2 is the bounded wait); one string per violation."""
+    """I1 and I3-I8 (I2 is the bounded wait); one string per violation."""
     v: list[str] = []
     with db.unit_of_work() as uow:
         s = uow.session
@@ -194,6 +196,30 @@ def check_invariants(
                 f"I6: {o.client_order_id} ({o.state}) has trail "
                 f"{' -> '.join(p.value for p in path) or 'none'}"
             )
+
+    # I7
+    terminal = {state.value for state in TERMINAL_STATES}
+    v += [
+        f"I7: {o.client_order_id} had a cancel requested and is still {o.state}"
+        for o in orders
+        if o.cancel_requested_at is not None
+        and o.state not in terminal
+        and not o.needs_manual_review
+    ]
+
+    # I8
+    triggered = Counter(e.order_id for e in events if e.type == "position_stop_loss_triggered")
+    v += [
+        f"I8: protective {o.client_order_id} filled {o.filled_quantity} with "
+        f"{triggered[o.id]} stop-loss events"
+        for o in orders
+        if o.protective and (o.filled_quantity > 0) != (triggered[o.id] == 1)
+    ]
+    v += [
+        f"I8: a stop-loss event for order {order_id}, which is not protective"
+        for order_id in triggered
+        if order_id not in by_id or not by_id[order_id].protective
+    ]
     return v
 
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from arbiter.services import EmbeddedPostgres, EmbeddedRedis
+from arbiter.embedded import EmbeddedPostgres, EmbeddedRedis
 from arbiter.stack import CREDENTIALS_FILE, ENV_FILE, PID_FILE, read_env_file
 from db.engine import Database
 from db.models import ConflictLog, Order, Strategy
@@ -60,8 +60,8 @@ def workdir(service_tmp_dir: Path) -> Iterator[Path]:
     yield service_tmp_dir
     for proc in processes_using(service_tmp_dir):  # never leak a server into the next test
         proc.kill()
-    EmbeddedPostgres(service_tmp_dir / ".arbiter" / "postgres").stop()
-    EmbeddedRedis(service_tmp_dir / ".arbiter" / "redis").stop()
+    EmbeddedPostgres(service_tmp_dir / ".arbiter" / "postgres").remove()
+    EmbeddedRedis(service_tmp_dir / ".arbiter" / "redis").remove()
 
 
 def test_demo_json_agrees_with_the_database_and_the_simulator(workdir: Path) -> None:
@@ -82,7 +82,7 @@ def test_demo_json_agrees_with_the_database_and_the_simulator(workdir: Path) -> 
     # Everything it started is gone, and it left no stale pid or env file.
     assert processes_using(data_dir) == []
     assert not (data_dir / PID_FILE).exists() and not (data_dir / ENV_FILE).exists()
-    assert not (data_dir / "postgres" / "pgdata" / "postmaster.pid").exists()
+    assert not EmbeddedPostgres(data_dir / "postgres").pid_file.exists()
 
     # The database (started again on the demo's own data) says the same.
     postgres = EmbeddedPostgres(data_dir / "postgres")
@@ -145,10 +145,10 @@ def test_up_stops_everything_on_sigterm_and_a_second_up_reuses_the_folder(
     try:
         urls = _wait_up(first, data_dir)
         family = psutil.Process(first.pid).children(recursive=True)
-        servers = [int(p.read_text().split()[0]) for p in (
-            data_dir / "postgres" / "pgdata" / "postmaster.pid",
-            data_dir / "redis" / "redis-server.pid")]  # fmt: skip
-        assert {"worker", "beat", "flower", "simulator", "web"} <= {
+        pid_files = [EmbeddedPostgres(data_dir / "postgres").pid_file,
+                     EmbeddedRedis(data_dir / "redis").pid_file]
+        servers = [int(p.read_text().split()[0]) for p in pid_files]
+        assert {"worker", "beat", "stream", "flower", "simulator", "web"} <= {
             p.stem for p in (data_dir / "logs").glob("*.log")}
         web = urls["ARBITER_WEB_URL"]
         assert httpx.get(f"{web}/healthz", timeout=10).json()["status"] == "ok"
@@ -157,13 +157,13 @@ def test_up_stops_everything_on_sigterm_and_a_second_up_reuses_the_folder(
         credentials = (data_dir / CREDENTIALS_FILE).read_text()
     finally:
         output = _stop(first)
-    assert "Flower login (generated once" in output
+    assert "Flower login generated once" in output
+    assert credentials.strip().partition(":")[2] not in output  # never printed
     _, alive = psutil.wait_procs(family + [psutil.Process(pid) for pid in servers
                                            if psutil.pid_exists(pid)], timeout=10)
     assert alive == [] and processes_using(data_dir) == []
-    for leftover in (PID_FILE, ENV_FILE, "postgres/pgdata/postmaster.pid",
-                     "redis/redis-server.pid"):
-        assert not (data_dir / leftover).exists(), leftover
+    for leftover in (data_dir / PID_FILE, data_dir / ENV_FILE, *pid_files):
+        assert not leftover.exists(), leftover
 
     second = _up(workdir)
     try:
@@ -179,7 +179,7 @@ def test_up_stops_everything_on_sigterm_and_a_second_up_reuses_the_folder(
     # The same folder: data, port and Flower credentials are reused, nothing printed twice.
     assert again["ARBITER_DATABASE_URL"] == urls["ARBITER_DATABASE_URL"]
     assert (data_dir / CREDENTIALS_FILE).read_text() == credentials
-    assert "Flower login (generated once" not in output
+    assert "Flower login generated once" not in output
     assert processes_using(data_dir) == []
 
 

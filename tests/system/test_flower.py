@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from arbiter.services import free_port
+from arbiter.embedded import free_port
 from arbiter.supervisor import Child, http_ready
 from tests.fixtures.simulator import REPO_ROOT
 

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.system
 def test_every_transition_of_a_pipeline_run_is_in_history_and_on_pubsub_in_order(
     db: Database,
     redis_url: str,
+    broker_url: str,
     event_channel_prefix: str,
     start_worker: Callable[..., CeleryProcess],
 ) -> None:
@@ -42,7 +43,7 @@ def test_every_transition_of_a_pipeline_run_is_in_history_and_on_pubsub_in_order
     listener.start()
     eventually(lambda: pubsub.subscribed)
     start_worker()
-    client = SignalClient(redis_url, keys=db_keys(db))
+    client = SignalClient(redis_url, broker_url, keys=db_keys(db))
     coids = [
         client.submit_signal("long_term", "AAPL", "buy", 10, signal_id="ev-1"),
         client.submit_signal("trading", "AAPL", "sell", 5, signal_id="ev-2"),  # blocked

@@ -27,13 +27,14 @@ TICKERS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN"]
 def test_two_workers_four_strategies_two_hundred_signals_never_share_a_ticker(
     db: Database,
     redis_url: str,
+    broker_url: str,
     start_worker: Callable[..., CeleryProcess],
     simulator: Simulator,
 ) -> None:
     start_worker("w1", concurrency=1)
     start_worker("w2", concurrency=1)
     rng = random.Random(7)
-    client = SignalClient(redis_url, keys=db_keys(db))
+    client = SignalClient(redis_url, broker_url, keys=db_keys(db))
     coids = [
         client.submit_signal(
             rng.choice(STRATEGIES),

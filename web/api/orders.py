@@ -3,7 +3,6 @@ trail, fills, events and conflict decision, and cancel."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -12,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.errors import OrderNotOpen
 from db.models import ConflictLog, EventRecord, Fill, Order, OrderTransition
+from service_layer.cancellation import cancel_order as cancel_service
 from web.api.common import (
     BIGINT_MAX,
     Cursor,
@@ -152,19 +153,17 @@ class CancelRequest(BaseModel):
 def cancel_order(
     key: OrderKey, who: AdminAccess, rt: Rt, body: CancelRequest | None = None
 ) -> JSONResponse:
-    # TODO(ordercontrol): per-order cancel is being written as
-    # service_layer.cancellation.cancel_order(database, brokerage, order_ref, *, requested_by);
-    # until it is on main this route answers 501 (after checking the order exists).
-    try:
-        cancellation: Any = importlib.import_module("service_layer.cancellation")
-    except ModuleNotFoundError:
-        cancellation = None
     with rt.database.sessions() as session:
         order_id = find_order(session, key).id
-    if cancellation is None or not hasattr(cancellation, "cancel_order"):
-        raise HTTPException(501, "per-order cancel is not available in this version yet")
-    outcome = cancellation.cancel_order(rt.database, rt.brokerage, str(order_id),
-                                        requested_by=f"web:{who.name}")  # fmt: skip
+    try:
+        result = cancel_service(
+            rt.database, rt.brokerage, str(order_id), requested_by=f"web:{who.name}"
+        )
+    except OrderNotOpen as exc:  # final already: a conflict with the order's state
+        raise HTTPException(409, str(exc)) from exc
     with rt.database.sessions() as session:
         order = find_order(session, str(order_id))
-        return respond({"order": order_row(order), "outcome": str(outcome)}, 202)
+        return respond(
+            {"order": order_row(order), "outcome": result.outcome.value, "message": result.message},
+            202,
+        )

@@ -70,7 +70,8 @@ def strategy_row(strategy: Strategy, owned: int = 0) -> dict[str, Any]:
         "horizon": strategy.horizon,
         "active": strategy.active,
         "lock_days": config.get("ownership_lock_days", 0),
-        "limits": config.get("limits") or {},
+        # Limits as decimal strings, however they are stored (exact, and one type per field).
+        "limits": {k: str(v) for k, v in (config.get("limits") or {}).items()},
         "owned_tickers": owned,
         "created_at": strategy.created_at,
         "updated_at": strategy.updated_at,

@@ -3,7 +3,7 @@ cause of its transition (core.states.TransitionCause); ticker ownership loses `i
 (always true: one owner per ticker, enforced by a unique index on live rows).
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,11 +1,17 @@
-"""The embedded services are real servers: TCP, durable data, clean stops, no leftovers."""
+"""The embedded services are real servers: TCP, durable data, clean stops, no leftovers; and
+locked down: passwords, no superuser for Arbiter, protected configs, private files, never root."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
+import shutil
 import socket
+import stat
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
@@ -13,7 +19,7 @@ import psycopg
 import pytest
 import redis
 
-from arbiter.services import (
+from arbiter.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     ServiceError,
@@ -46,7 +52,7 @@ def scalar(url: str, query: str) -> object:
 
 
 def test_embedded_postgres_serves_tcp_and_keeps_data_across_a_clean_restart(own_postgres):
-    assert own_postgres.url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
+    assert own_postgres.url.startswith("postgresql+psycopg://arbiter:")
     with psycopg.connect(libpq_url(own_postgres.url)) as conn:
         conn.execute("CREATE TABLE kept (note text)")
         conn.execute("INSERT INTO kept VALUES ('survives')")
@@ -91,7 +97,7 @@ def test_a_failed_start_reports_the_server_log(service_tmp_dir, own_redis):
 
 
 def test_embedded_redis_keeps_keys_across_a_clean_restart(own_redis):
-    assert own_redis.url == f"redis://127.0.0.1:{own_redis.port}/0"
+    assert own_redis.url.endswith(f"@127.0.0.1:{own_redis.port}/0")
     redis.Redis.from_url(own_redis.url).set("kept", "survives")
     port, procs = own_redis.port, family(own_redis)
 
@@ -118,7 +124,8 @@ def test_embedded_redis_comes_back_on_its_port_after_being_killed(own_redis):
 def test_database_url_is_a_database_of_this_run_only(database_url, postgres_server_url):
     name = database_url.rsplit("/", 1)[1]
     assert name.startswith(f"arbiter_test_{os.getpid()}_")
-    assert database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
+    assert database_url.startswith("postgresql+psycopg://postgres")
+    assert "@127.0.0.1:" in database_url
     assert scalar(database_url, "SELECT current_database()") == name
     # Created by this run (other tests may have migrated it since): younger than the server.
     assert (
@@ -181,3 +188,101 @@ def test_resolve_services_starts_embedded_servers_when_none_are_configured(servi
         for server in started:
             server.stop()
     assert not any(server.is_running() for server in started)
+
+
+# --- locked down --------------------------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_embedded_postgres_refuses_connections_without_the_password(own_postgres):
+    port = own_postgres.port
+    for user in ("postgres", "arbiter", "embedded_postgres"):
+        for password in ("", "wrong"):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(host="127.0.0.1", port=port, user=user, password=password,
+                                dbname="postgres", connect_timeout=5)
+    assert postgres_reachable(own_postgres.url) and postgres_reachable(own_postgres.admin_url)
+
+
+def test_arbiter_has_a_role_of_its_own_that_owns_its_database_and_is_no_superuser(own_postgres):
+    row = scalar(own_postgres.url,
+                 "SELECT row(r.rolsuper, r.rolcreaterole, r.rolcreatedb, d.datdba::regrole::text)"
+                 " FROM pg_roles r, pg_database d"
+                 " WHERE r.rolname = current_user AND d.datname = current_database()")
+    assert row == ("f", "f", "f", "arbiter")  # a record comes back as text
+    assert scalar(own_postgres.url, "SHOW password_encryption") == "scram-sha-256"
+    hba = scalar(own_postgres.admin_url,
+                 "SELECT string_agg(DISTINCT auth_method, ',') FROM pg_hba_file_rules")
+    assert hba == "scram-sha-256"  # no trust line anywhere
+
+
+def test_embedded_redis_refuses_clients_without_the_password(own_redis):
+    for password in (None, "wrong"):
+        client = redis.Redis(host="127.0.0.1", port=own_redis.port, password=password)
+        with pytest.raises(redis.AuthenticationError):
+            client.ping()
+        client.close()
+    assert redis_reachable(own_redis.url)
+
+
+@pytest.mark.parametrize("command", [
+    ("CONFIG", "SET", "dir", "/tmp"),
+    ("CONFIG", "SET", "dbfilename", "x.rdb"),
+    ("MODULE", "LOAD", "/tmp/evil.so"),
+    ("DEBUG", "SLEEP", "0"),
+])
+def test_embedded_redis_keeps_protected_configs_and_commands_refused(own_redis, command):
+    with redis.Redis.from_url(own_redis.url) as client, pytest.raises(redis.ResponseError):
+        client.execute_command(*command)
+
+
+def test_credentials_are_generated_once_and_kept_private(own_postgres, own_redis):
+    for server in (own_postgres, own_redis):
+        assert mode(server.data_dir) == 0o700
+    files = [own_postgres.password_file, own_postgres.superuser_password_file,
+             own_redis.password_file]
+    for path in files:
+        assert mode(path) == 0o600, path
+    assert len({path.read_text() for path in files}) == 3
+    url = own_redis.url
+    own_redis.restart()
+    assert own_redis.url == url  # the same password after a restart
+
+
+def test_logs_and_the_append_only_file_are_not_readable_by_others(own_postgres, own_redis):
+    redis.Redis.from_url(own_redis.url).set("written", 1)
+    aof = [p for p in own_redis.run_dir.rglob("*") if "appendonly" in p.name]
+    assert aof
+    for path in [own_postgres.log_file, own_redis.log_file, *aof, own_postgres.pgdata]:
+        assert mode(path) & 0o077 == 0, (path, oct(mode(path)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root only: the servers' system users")
+def test_as_root_the_servers_run_as_system_users_and_no_parent_folder_changes(tmp_path):
+    # A folder only root can enter, as root's home folder is: once it would have been opened.
+    locked = Path(tempfile.mkdtemp(prefix="arbiter-locked-"))
+    nested = locked / "home" / "project"
+    nested.mkdir(parents=True)
+    locked.chmod(0o700)
+    (locked / "home").chmod(0o750)
+    before = {p: mode(p) for p in (locked, locked / "home", nested)}
+    postgres, valkey = EmbeddedPostgres(nested / "pg"), EmbeddedRedis(nested / "redis")
+    try:
+        postgres.start()
+        valkey.start()
+        assert {p: mode(p) for p in before} == before
+        users = {psutil.Process(server.pid()).username() for server in (postgres, valkey)}
+        assert users == {"embedded_postgres", "arbiter_valkey"}
+        for server in (postgres, valkey):
+            owner = pwd.getpwuid(server.run_dir.stat().st_uid).pw_name
+            assert owner == server.system_user and mode(server.run_dir) == 0o700
+        assert postgres_reachable(postgres.url) and redis_reachable(valkey.url)
+    finally:
+        postgres.remove()
+        valkey.remove()
+        run_dirs = [postgres.run_dir, valkey.run_dir]
+        shutil.rmtree(locked, ignore_errors=True)
+    assert not any(path.exists() for path in run_dirs)
