@@ -3,7 +3,7 @@ map onto our order states. The brokerage is the source of truth; adapters live o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum

@@ -54,6 +54,39 @@ class OrderTransitioned(EventPayload):
     cause: TransitionCause
 
 
+class OrderCancelRequested(EventPayload):
+    """ORDER_CANCEL_REQUESTED: a cancel of an order the brokerage holds (or may hold) was
+    recorded; the order stays in `state` until the brokerage confirms."""
+
+    state: OrderState
+    requested_by: str
+    actor: str
+    filled_quantity: Decimal
+
+
+class OrderReplaced(EventPayload):
+    """ORDER_REPLACED (about the original order): its replacement, an order of its own, with
+    what the replace asked for."""
+
+    replacement_order_id: int
+    replacement_client_order_id: str
+    requested_by: str
+    quantity: Decimal
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+
+
+class OrderCorrected(EventPayload):
+    """ORDER_CORRECTED: a human's audited correction of a final order to the brokerage's
+    final word (core.states.CORRECTIONS)."""
+
+    from_state: OrderState
+    to_state: OrderState
+    reason: str
+    actor: str
+    filled_quantity: Decimal
+
+
 class OrderNeedsReview(EventPayload):
     reason: str
     actor: str
@@ -147,6 +180,19 @@ class StopLossTriggered(ExternalPayload):
     lock_released: bool | None = None
     actor: str | None = None
     reason: str | None = None
+
+
+class PositionAdjusted(EventPayload):
+    """POSITION_ADJUSTED: a human adopted the brokerage's quantity for a position mismatch
+    (`before` -> `after` for the strategy named on the envelope)."""
+
+    reason: str
+    actor: str
+    review_item_id: int
+    before: Decimal
+    after: Decimal
+    brokerage_quantity: Decimal
+    avg_cost: Decimal
 
 
 # -- operations ----------------------------------------------------------------------------------

@@ -102,6 +102,9 @@ PAYLOAD_MODELS: dict[EventType, tuple[type[p.EventPayload], ...]] = {
         (p.OrderTransitioned,),
     ),
     _T.ORDER_NEEDS_REVIEW: (p.OrderNeedsReview,),
+    _T.ORDER_CANCEL_REQUESTED: (p.OrderCancelRequested,),
+    _T.ORDER_REPLACED: (p.OrderReplaced,),
+    _T.ORDER_CORRECTED: (p.OrderCorrected,),
     _T.RISK_LIMIT_EXCEEDED: (p.RiskLimitExceeded,),
     **dict.fromkeys(
         (
@@ -119,6 +122,7 @@ PAYLOAD_MODELS: dict[EventType, tuple[type[p.EventPayload], ...]] = {
         (_T.POSITION_OPENED, _T.POSITION_UPDATED, _T.POSITION_CLOSED), (p.PositionChanged,)
     ),
     _T.POSITION_STOP_LOSS_TRIGGERED: (p.StopLossTriggered,),
+    _T.POSITION_ADJUSTED: (p.PositionAdjusted,),
     _T.STRATEGY_ACTIVATED: (p.StrategyToggled,),
     _T.STRATEGY_DEACTIVATED: (p.StrategyToggled,),
     _T.STRATEGY_UPDATED: (p.StrategyUpdated,),

@@ -35,6 +35,13 @@ class TransitionCause(StrEnum):
     RECOVERY = "recovery"
     OPERATOR = "operator"
     KILL_SWITCH = "kill_switch"
+    # A strategy's or an operator's cancel of one order, carried out before the brokerage had
+    # it (once the brokerage holds it, its confirmation is a BROKERAGE_REPORT).
+    CANCEL_REQUEST = "cancel_request"
+    # A replacement order recorded up to ORDER_PENDING before its PATCH is sent.
+    REPLACEMENT = "replacement"
+    # A human's audited correction of a final order (core.states.CORRECTIONS).
+    CORRECTION = "correction"
 
 
 # Causes that record the brokerage's own word. A CANCELLED with any other cause was decided on

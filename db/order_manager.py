@@ -16,7 +16,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.errors import ArbiterError
-from core.event_payloads import EventPayload, OrderNeedsReview, OrderTransitioned
+from core.event_payloads import (
+    EventPayload,
+    OrderCancelRequested,
+    OrderCorrected,
+    OrderNeedsReview,
+    OrderTransitioned,
+)
 from core.events import Event, EventType, transition_event_type
 from core.signals import Signal
 from core.states import OrderState, TransitionCause, check_correction, check_transition
@@ -128,7 +134,7 @@ class OrderManager:
         )
 
     def create_derived(
-        self, values: dict[str, Any], *, actor: str, reason: str
+        self, values: dict[str, Any], *, actor: str, reason: str, cause: TransitionCause
     ) -> tuple[Order, bool]:
         """An order that did not come from a signal of its own: a bracket's leg or a
         replacement (`values` names its parent or predecessor). It is recorded up to
@@ -136,8 +142,8 @@ class OrderManager:
         settles it with the brokerage's report. Idempotent by client_order_id."""
         order, created = self._insert_once(values, actor=actor)
         if created:
-            self.transition(order, OrderState.VALIDATING, reason=reason, actor=actor)
-            self.transition(order, OrderState.ORDER_PENDING, reason=reason, actor=actor)
+            for target in (OrderState.VALIDATING, OrderState.ORDER_PENDING):
+                self.transition(order, target, reason=reason, actor=actor, cause=cause)
         return order, created
 
     def create_malformed(
@@ -253,10 +259,12 @@ class OrderManager:
             order_event(
                 order,
                 EventType.ORDER_CANCEL_REQUESTED,
-                state=order.state,
-                requested_by=requested_by,
-                actor=actor,
-                filled_quantity=str(order.filled_quantity),
+                OrderCancelRequested(
+                    state=OrderState(order.state),
+                    requested_by=requested_by,
+                    actor=actor,
+                    filled_quantity=order.filled_quantity,
+                ),
             ),
         )
         return True
@@ -276,6 +284,7 @@ class OrderManager:
                 to_state=target.value,
                 reason=f"correction: {reason}",
                 actor=actor,
+                cause=TransitionCause.CORRECTION.value,
             )
         )
         emit(
@@ -283,11 +292,13 @@ class OrderManager:
             order_event(
                 order,
                 EventType.ORDER_CORRECTED,
-                from_state=source.value,
-                to_state=target.value,
-                reason=reason,
-                actor=actor,
-                filled_quantity=str(order.filled_quantity),
+                OrderCorrected(
+                    from_state=source,
+                    to_state=target,
+                    reason=reason,
+                    actor=actor,
+                    filled_quantity=order.filled_quantity,
+                ),
             ),
         )
         return order

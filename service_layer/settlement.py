@@ -135,6 +135,7 @@ def _record_leg(
         },
         actor=actor,
         reason=f"{role} leg of order {parent.id} ({parent.order_class})",
+        cause=TransitionCause.BROKERAGE_REPORT,
     )
 
 
@@ -155,16 +156,18 @@ def _stop_loss_triggered(
         order_event(
             order,
             EventType.POSITION_STOP_LOSS_TRIGGERED,
-            ticker=order.ticker,
-            strategy=order.strategy_name,
-            quantity=str(quantity),
-            order_quantity=str(order.quantity),
-            stop_price=None if order.stop_price is None else str(order.stop_price),
-            fill_price=str(price),
-            order_id=order.id,
-            parent_order_id=order.parent_order_id,
-            lock_released=lock_released,
-            actor=actor,
+            StopLossTriggered(
+                ticker=order.ticker,
+                strategy=order.strategy_name,
+                quantity=quantity,
+                order_quantity=order.quantity,
+                stop_price=order.stop_price,
+                fill_price=price,
+                order_id=order.id,
+                parent_order_id=order.parent_order_id,
+                lock_released=lock_released,
+                actor=actor,
+            ),
         ),
     )
 

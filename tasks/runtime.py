@@ -7,7 +7,7 @@ import os
 
 # Imported here, in the worker's parent before it forks, rather than on a task's first use: the
 # SDK takes seconds to import, which would otherwise stall each pool process's first order.
-import adapters.alpaca  # noqa: F401
+import adapters.alpaca
 import adapters.market_data  # noqa: F401
 from bootstrap import Runtime, bootstrap
 from core.settings import get_settings

@@ -19,6 +19,11 @@ depends_on = None
 # Rows written before causes were recorded: the cause inferred from the writer and the move.
 _BACKFILL = """
 UPDATE order_transitions SET cause = CASE
+    WHEN reason LIKE 'correction:%' THEN 'correction'
+    WHEN reason LIKE 'replacement of order %' THEN 'replacement'
+    WHEN reason LIKE '% leg of order %' THEN 'brokerage_report'
+    WHEN to_state = 'CANCELLED' AND reason LIKE 'cancelled by % before submission'
+        THEN 'cancel_request'
     WHEN to_state = 'SIGNAL_RECEIVED' OR actor = 'arbiter.intake' THEN 'signal_intake'
     WHEN actor = 'arbiter.validate' THEN 'validation'
     WHEN actor = 'arbiter.check_conflict' THEN 'conflict_check'
@@ -27,7 +32,8 @@ UPDATE order_transitions SET cause = CASE
     WHEN reason LIKE 'manual review:%' THEN 'operator'
     WHEN to_state = 'FAILED' AND actor <> 'arbiter.submit' THEN 'reconciliation'
     WHEN actor IN ('arbiter.submit', 'arbiter.reconcile_orders', 'arbiter.startup_recovery',
-                   'cli.reconcile') THEN 'brokerage_report'
+                   'cli.reconcile', 'arbiter.trade_stream', 'arbiter.cancel',
+                   'arbiter.replace') THEN 'brokerage_report'
     ELSE 'operator'
 END
 """
@@ -61,7 +67,4 @@ def downgrade() -> None:
     )
     _one_owner_index("uq_ticker_ownership_one_primary", "is_primary AND released_at IS NULL")
     op.drop_column("order_transitions", "cause")
-    op.execute(
-        "UPDATE events SET type = 'stop_loss_triggered' "
-        "WHERE type = 'position_stop_loss_triggered'"
-    )
+    # Stop-loss rows keep position_stop_loss_triggered: 0004's code writes that name too.
