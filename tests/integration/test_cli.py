@@ -790,7 +790,7 @@ def test_orders_cancel_at_the_brokerage(cli: Invoke, db: Database, simulator: Si
         )  # fmt: skip
         OrderManager(uow.session).transition(
             order, S.ORDER_SENT, reason="sent", actor="test",
-            brokerage_order_id=live.brokerage_order_id,
+            cause=TransitionCause.BROKERAGE_REPORT, brokerage_order_id=live.brokerage_order_id,
         )  # fmt: skip
         coid = order.client_order_id
         uow.commit()

@@ -106,8 +106,10 @@ def test_the_notional_falls_back_to_the_reference_price() -> None:
     assert found is not None and found.rule == "max_order_notional"
 
 
-def test_without_any_price_the_notional_rule_has_nothing_to_judge() -> None:
-    assert verdict("max_order_notional", ctx=replace(CALM, reference_price=None)).passed
+def test_without_any_price_the_order_is_refused() -> None:
+    # No price, no order: a notional that cannot be judged is not passed.
+    found = verdict("max_order_notional", ctx=replace(CALM, reference_price=None))
+    assert not found.passed and found.reason == "no reference price for AAPL"
 
 
 def test_a_notional_at_the_limit_passes() -> None:

@@ -81,8 +81,8 @@ def test_a_different_final_word_on_a_final_order_is_flagged() -> None:
 
 
 def test_a_status_that_cannot_follow_the_current_state_is_flagged() -> None:
-    plan = plan_settlement(S.VALIDATING, ZERO, None, report("canceled"))
-    assert plan.review == "brokerage status canceled cannot follow VALIDATING"
+    plan = plan_settlement(S.VALIDATING, ZERO, None, report("partially_filled", "4", "5"))
+    assert plan.review == "brokerage status partially_filled cannot follow VALIDATING"
 
 
 def test_a_sent_order_reported_new_again_changes_nothing() -> None:

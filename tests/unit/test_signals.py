@@ -139,7 +139,7 @@ def test_a_limit_order_without_a_price_is_refused() -> None:
 
 def test_a_market_order_with_a_price_is_refused() -> None:
     error = refused(limit_price="10")
-    assert (error.field, error.message) == ("limit_price", "only a limit order takes a limit price")
+    assert (error.field, error.message) == ("limit_price", "a market order takes no limit price")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1e7", "NaN"])
