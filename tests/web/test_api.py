@@ -21,9 +21,9 @@ def test_strategy_priority_change_is_announced_with_who_changed_it(
                                "limits": {"max_order_quantity": "500"}}, headers=admin)  # fmt: skip
     assert response.status_code == 200, response.text
     body = response.json()
-    # Stored validated (core/strategy_config.py): a whole amount as a JSON number.
+    # Stored validated (core/strategy_config.py), shown as decimal strings (amounts exact).
     assert (body["priority"], body["lock_days"], body["limits"]) == (
-        95, 2, {"max_order_quantity": 500})  # fmt: skip
+        95, 2, {"max_order_quantity": "500"})  # fmt: skip
     events = api.get("/api/v1/events", params={"types": "strategy_updated"},
                      headers=tokens.headers("read")).json()["items"]  # fmt: skip
     assert len(events) == 1
