@@ -7,15 +7,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md beat_schedule.py constraints.txt ./
+COPY pyproject.toml README.md beat_schedule.py bootstrap.py constraints.txt ./
 COPY core ./core
 COPY db ./db
-COPY tasks ./tasks
-COPY arbiter ./arbiter
-COPY brokersim ./brokersim
 COPY service_layer ./service_layer
 COPY strategy_client ./strategy_client
 COPY adapters ./adapters
+COPY tasks ./tasks
+COPY arbiter ./arbiter
+COPY brokersim ./brokersim
 COPY web ./web
 # Pinned to constraints.txt (a clean `pip install .`, frozen; CI audits it).
 RUN pip install -c constraints.txt . \

@@ -27,13 +27,12 @@ from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
-from alpaca.trading.models import Order, Position, TradeAccount, TradeActivity
+from alpaca.trading.models import Order, Position, TradeAccount
 from alpaca.trading.requests import GetOrdersRequest
 from pydantic import BaseModel, ValidationError
 
 from core.brokerage import (
     BrokerAccount,
-    BrokerFill,
     BrokerOrder,
     BrokerPosition,
     OrderClass,
@@ -56,7 +55,6 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 PAGE_SIZE = 500  # Alpaca's maximum for GET /v2/orders
-FILL_PAGE_SIZE = 100  # Alpaca's maximum for account activities
 _TICK = timedelta(microseconds=1)
 
 
@@ -392,30 +390,6 @@ class AlpacaBrokerage:
             buying_power=_dec(acct.buying_power or 0),
             equity=_dec(acct.equity or 0),
         )
-
-    def list_fills(self, since: datetime | None = None) -> list[tuple[str, BrokerFill]]:
-        """(brokerage_order_id, fill) for every execution after `since`, oldest first, from
-        GET /v2/account/activities/FILL; fill ids are the brokerage's activity ids."""
-        result: list[tuple[str, BrokerFill]] = []
-        token: str | None = None
-        while True:
-            params: dict[str, Any] = {"direction": "asc", "page_size": FILL_PAGE_SIZE}
-            if since is not None:
-                params["after"] = since.isoformat()
-            if token is not None:
-                params["page_token"] = token
-            page = self._call(partial(self._fill_page, params))
-            result.extend(page)
-            if len(page) < FILL_PAGE_SIZE:
-                return result
-            token = page[-1][1].fill_id
-
-    def _fill_page(self, params: dict[str, Any]) -> list[tuple[str, BrokerFill]]:
-        raw = self.client.get("/account/activities/FILL", params)
-        return [
-            (str(a.order_id), BrokerFill(a.id, _dec(a.qty), _dec(a.price), a.transaction_time))
-            for a in _models(TradeActivity, raw)
-        ]
 
 
 __all__ = ["AlpacaBrokerage", "order_report", "to_broker_order", "translate"]

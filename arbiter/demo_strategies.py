@@ -5,7 +5,7 @@ Each default strategy runs in its own process and talks to Arbiter only through
 function of (number of signals, seed, run id):
 
 - setup (sent first, settled before anything else): long_term buys NVDA and AAPL, trading
-  buys TSLA, so the three SPEC scenarios find the owners they need;
+  buys TSLA, so the three conflict scenarios below find the owners they need;
 - a steady stream over ten tickers: each strategy buys and trims its home tickers and now and
   then buys a ticker that a higher-priority strategy owns (a conflict: blocked);
 - the three scenarios, early in the stream: trading sells 10 NVDA (blocked: long_term owns it,
@@ -42,7 +42,7 @@ class PlannedSignal:
     side: str
     quantity: int
     phase: str  # "setup" or "stream"
-    scenario: str | None = None  # "blocked", "override", "own" for the SPEC's three
+    scenario: str | None = None  # "blocked", "override", "own": the three conflict scenarios
 
 
 SCENARIOS = (

@@ -87,14 +87,6 @@ class ReplaceRequest:
 
 
 @dataclass(frozen=True)
-class BrokerFill:
-    fill_id: str
-    quantity: Decimal
-    price: Decimal
-    filled_at: datetime | None = None
-
-
-@dataclass(frozen=True)
 class BrokerOrder:
     brokerage_order_id: str
     client_order_id: str
@@ -109,7 +101,6 @@ class BrokerOrder:
     reject_reason: str | None = None
     submitted_at: datetime | None = None
     updated_at: datetime | None = None
-    fills: tuple[BrokerFill, ...] = field(default_factory=tuple)
     stop_price: Decimal | None = None
     trail_price: Decimal | None = None
     trail_percent: Decimal | None = None

@@ -1,6 +1,6 @@
 """Ticker ownership and conflict resolution: pure rules that return a decision with reasoning.
 
-For a signal from strategy S on ticker T (SPEC §2):
+For a signal from strategy S on ticker T:
 1. S unknown or inactive: blocked.
 2. T has no owner: allowed; a buy claims T for S.
 3. T owned by S: allowed.

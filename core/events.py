@@ -1,6 +1,7 @@
 """Event types and the event envelope: immutable facts, named in the past tense.
 
-Every event travels as the same JSON envelope, on Redis pub/sub and in the durable history.
+Every event travels as the same JSON envelope, on Redis pub/sub and in the durable history; its
+payload is a JSON object whose shape each type's model in core/event_payloads.py defines.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from core import event_payloads as p
 from core.errors import InvalidInput
 from core.states import OrderState
 
@@ -19,7 +21,7 @@ SCHEMA_VERSION = 1
 
 
 class EventType(StrEnum):
-    # the reports' 23
+    # orders, signals, positions, risk, the war room, the system
     ORDER_SENT = "order_sent"
     ORDER_FILLED = "order_filled"
     ORDER_CANCELLED = "order_cancelled"
@@ -43,7 +45,7 @@ class EventType(StrEnum):
     RECOVERY_STARTED = "recovery_started"
     RECOVERY_COMPLETED = "recovery_completed"
     ERROR_OCCURRED = "error_occurred"
-    # the conflict five
+    # conflicts and ownership
     CONFLICT_DETECTED = "conflict_detected"
     ORDER_BLOCKED_BY_CONFLICT = "order_blocked_by_conflict"
     PRIORITY_OVERRIDE = "priority_override"
@@ -81,6 +83,90 @@ EXTERNAL_EVENT_TYPES: frozenset[EventType] = frozenset(
 )
 
 
+_T = EventType
+# Each type's payload model; a tuple names the models a type's payload may take, told apart by
+# their `kind` field.
+PAYLOAD_MODELS: dict[EventType, tuple[type[p.EventPayload], ...]] = {
+    **dict.fromkeys(
+        (
+            _T.SIGNAL_RECEIVED,
+            _T.SIGNAL_VALIDATED,
+            _T.SIGNAL_REJECTED,
+            _T.ORDER_SENT,
+            _T.ORDER_PARTIALLY_FILLED,
+            _T.ORDER_FILLED,
+            _T.ORDER_CANCELLED,
+            _T.ORDER_REJECTED,
+            _T.ORDER_FAILED,
+        ),
+        (p.OrderTransitioned,),
+    ),
+    _T.ORDER_NEEDS_REVIEW: (p.OrderNeedsReview,),
+    _T.ORDER_CANCEL_REQUESTED: (p.OrderCancelRequested,),
+    _T.ORDER_REPLACED: (p.OrderReplaced,),
+    _T.ORDER_CORRECTED: (p.OrderCorrected,),
+    _T.RISK_LIMIT_EXCEEDED: (p.RiskLimitExceeded,),
+    **dict.fromkeys(
+        (
+            _T.CONFLICT_DETECTED,
+            _T.ORDER_BLOCKED_BY_CONFLICT,
+            _T.PRIORITY_OVERRIDE,
+            _T.CONFLICT_RESOLVED,
+        ),
+        (p.ConflictDecided,),
+    ),
+    _T.OWNERSHIP_ACQUIRED: (p.OwnershipAcquired,),
+    _T.OWNERSHIP_TRANSFERRED: (p.OwnershipTransferred,),
+    _T.OWNERSHIP_RELEASED: (p.OwnershipReleased,),
+    **dict.fromkeys(
+        (_T.POSITION_OPENED, _T.POSITION_UPDATED, _T.POSITION_CLOSED), (p.PositionChanged,)
+    ),
+    _T.POSITION_STOP_LOSS_TRIGGERED: (p.StopLossTriggered,),
+    _T.POSITION_ADJUSTED: (p.PositionAdjusted,),
+    _T.STRATEGY_ACTIVATED: (p.StrategyToggled,),
+    _T.STRATEGY_DEACTIVATED: (p.StrategyToggled,),
+    _T.STRATEGY_UPDATED: (p.StrategyUpdated,),
+    _T.KILL_SWITCH_ACTIVATED: (p.KillSwitchToggled,),
+    _T.KILL_SWITCH_DEACTIVATED: (p.KillSwitchToggled,),
+    _T.RECONCILIATION_MISMATCH: (p.UnknownOrderMismatch, p.PositionMismatch),
+    _T.RECOVERY_STARTED: (p.RecoveryStarted,),
+    _T.RECOVERY_COMPLETED: (p.RecoveryCompleted,),
+    _T.SYSTEM_STARTED: (p.SystemChanged,),
+    _T.SYSTEM_STOPPED: (p.SystemChanged,),
+    _T.ERROR_OCCURRED: (p.ErrorOccurred,),
+    _T.RISK_ALERT: (p.ExternalPayload,),
+    _T.DEBATE_STARTED: (p.ExternalPayload,),
+    _T.DEBATE_ENDED: (p.ExternalPayload,),
+    _T.CONSENSUS_REACHED: (p.ExternalPayload,),
+}
+
+
+def _adapter(models: tuple[type[p.EventPayload], ...]) -> TypeAdapter[Any]:
+    if len(models) == 1:
+        return TypeAdapter(models[0])
+    union: Any = Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007
+    return TypeAdapter(union)
+
+
+_ADAPTERS: dict[EventType, TypeAdapter[Any]] = {
+    event_type: _adapter(models) for event_type, models in PAYLOAD_MODELS.items()
+}
+
+
+def parse_payload(event_type: EventType, payload: Any) -> p.EventPayload:
+    """`payload` read through its type's model; InvalidInput says which field is wrong."""
+    try:
+        parsed: p.EventPayload = _ADAPTERS[event_type].validate_python(payload)
+    except ValidationError as exc:
+        raise InvalidInput(f"{event_type.value} payload is invalid: {exc}") from None
+    return parsed
+
+
+def payload_schemas() -> dict[str, dict[str, Any]]:
+    """Each type's wire name and the JSON Schema of its payload."""
+    return {t.value: _ADAPTERS[t].json_schema() for t in EventType}
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -107,6 +193,18 @@ class Event(BaseModel):
         if value.tzinfo is None:
             raise ValueError("occurred_at must be timezone-aware")
         return value.astimezone(UTC)
+
+    @classmethod
+    def of(cls, event_type: EventType, payload: p.EventPayload, **envelope: Any) -> Event:
+        """An event whose payload is built through its type's model (TypeError for a model
+        that does not belong to `event_type`)."""
+        if not isinstance(payload, PAYLOAD_MODELS[event_type]):
+            raise TypeError(f"{type(payload).__name__} is not a payload of {event_type.value}")
+        return cls(type=event_type, payload=payload.to_wire(), **envelope)
+
+    def data(self) -> p.EventPayload:
+        """The payload read through its type's model."""
+        return parse_payload(self.type, self.payload)
 
     def to_json(self) -> str:
         return self.model_dump_json()

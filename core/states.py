@@ -21,6 +21,35 @@ class OrderState(StrEnum):
     FAILED = "FAILED"
 
 
+class TransitionCause(StrEnum):
+    """Why an order moved: the step of the pipeline, the brokerage's word, or a person.
+    Stored on every audit row; behaviour keys on it, never on who (which task) wrote it."""
+
+    SIGNAL_INTAKE = "signal_intake"
+    VALIDATION = "validation"
+    CONFLICT_CHECK = "conflict_check"
+    # The brokerage said so: its answer to a submit, or a report of fills, cancels, rejects.
+    BROKERAGE_REPORT = "brokerage_report"
+    # Arbiter's own judgement after asking the brokerage (e.g. an order it never received).
+    RECONCILIATION = "reconciliation"
+    RECOVERY = "recovery"
+    OPERATOR = "operator"
+    KILL_SWITCH = "kill_switch"
+    # A strategy's or an operator's cancel of one order, carried out before the brokerage had
+    # it (once the brokerage holds it, its confirmation is a BROKERAGE_REPORT).
+    CANCEL_REQUEST = "cancel_request"
+    # A replacement order recorded up to ORDER_PENDING before its PATCH is sent.
+    REPLACEMENT = "replacement"
+    # A human's audited correction of a final order (core.states.CORRECTIONS).
+    CORRECTION = "correction"
+
+
+# Causes that record the brokerage's own word. A CANCELLED with any other cause was decided on
+# Arbiter's side (kill switch, operator) and may race a fill at the brokerage, so such orders
+# stay watched for late fills.
+BROKERAGE_CAUSES: frozenset[TransitionCause] = frozenset({TransitionCause.BROKERAGE_REPORT})
+
+
 S = OrderState
 
 TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {

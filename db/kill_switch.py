@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from core.event_payloads import KillSwitchToggled
 from core.events import Event, EventType
 from db.models import SystemFlag
 from db.outbox import emit
@@ -33,9 +34,9 @@ def set_kill_switch(session: Session, on: bool, reason: str, actor: str) -> None
     )
     emit(
         session,
-        Event(
-            type=EventType.KILL_SWITCH_ACTIVATED if on else EventType.KILL_SWITCH_DEACTIVATED,
+        Event.of(
+            EventType.KILL_SWITCH_ACTIVATED if on else EventType.KILL_SWITCH_DEACTIVATED,
+            KillSwitchToggled(reason=reason),
             source=actor,
-            payload={"reason": reason},
         ),
     )

@@ -152,19 +152,21 @@ class OrderTransition(Base):
     to_state: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(128))
+    # core.states.TransitionCause: why the order moved (behaviour keys on this, not on actor).
+    cause: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp())
 
 
 class TickerOwnership(Base):
-    """Who owns a ticker. Released rows stay as history; at most one live primary per ticker."""
+    """Who owns a ticker. Released rows stay as history; at most one live owner per ticker."""
 
     __tablename__ = "ticker_ownership"
     __table_args__ = (
         Index(
-            "uq_ticker_ownership_one_primary",
+            "uq_ticker_ownership_one_owner",
             "ticker",
             unique=True,
-            postgresql_where=text("is_primary AND released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
         ),
         Index("ix_ticker_ownership_strategy", "strategy_id"),
     )
@@ -172,7 +174,6 @@ class TickerOwnership(Base):
     id: Mapped[BigId]
     ticker: Mapped[str] = mapped_column(String(16))
     strategy_id: Mapped[int] = mapped_column(ForeignKey("strategies.id"))
-    is_primary: Mapped[bool] = mapped_column(server_default=text("true"))
     locked_until: Mapped[datetime | None]
     acquired_at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp())
     acquired_by_order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))

@@ -16,9 +16,16 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.errors import ArbiterError
+from core.event_payloads import (
+    EventPayload,
+    OrderCancelRequested,
+    OrderCorrected,
+    OrderNeedsReview,
+    OrderTransitioned,
+)
 from core.events import Event, EventType, transition_event_type
 from core.signals import Signal
-from core.states import OrderState, check_correction, check_transition
+from core.states import OrderState, TransitionCause, check_correction, check_transition
 from db.clock import db_now
 from db.models import Order, OrderTransition, ReviewItem, Strategy
 from db.outbox import emit
@@ -53,15 +60,15 @@ def locked_orders(session: Session) -> list[Order]:
     return [order for i in ids if (order := session.get(Order, i)) is not None]
 
 
-def order_event(order: Order, event_type: EventType, **payload: Any) -> Event:
+def order_event(order: Order, event_type: EventType, payload: EventPayload) -> Event:
     """An event about `order`, with the envelope's order, strategy and ticker filled in."""
-    return Event(
-        type=event_type,
+    return Event.of(
+        event_type,
+        payload,
         order_id=order.id,
         client_order_id=order.client_order_id,
         strategy=order.strategy_name,
         ticker=order.ticker,
-        payload=payload,
     )
 
 
@@ -127,7 +134,7 @@ class OrderManager:
         )
 
     def create_derived(
-        self, values: dict[str, Any], *, actor: str, reason: str
+        self, values: dict[str, Any], *, actor: str, reason: str, cause: TransitionCause
     ) -> tuple[Order, bool]:
         """An order that did not come from a signal of its own: a bracket's leg or a
         replacement (`values` names its parent or predecessor). It is recorded up to
@@ -135,8 +142,8 @@ class OrderManager:
         settles it with the brokerage's report. Idempotent by client_order_id."""
         order, created = self._insert_once(values, actor=actor)
         if created:
-            self.transition(order, OrderState.VALIDATING, reason=reason, actor=actor)
-            self.transition(order, OrderState.ORDER_PENDING, reason=reason, actor=actor)
+            for target in (OrderState.VALIDATING, OrderState.ORDER_PENDING):
+                self.transition(order, target, reason=reason, actor=actor, cause=cause)
         return order, created
 
     def create_malformed(
@@ -175,7 +182,13 @@ class OrderManager:
             return existing, False
         # Inserting it locked the row for this transaction: no SELECT ... FOR UPDATE needed.
         self.session.info.setdefault(_LOCKED, set()).add(order.id)
-        self.transition(order, OrderState.SIGNAL_RECEIVED, reason="signal received", actor=actor)
+        self.transition(
+            order,
+            OrderState.SIGNAL_RECEIVED,
+            reason="signal received",
+            actor=actor,
+            cause=TransitionCause.SIGNAL_INTAKE,
+        )
         return order, True
 
     # -- changing ------------------------------------------------------------------------
@@ -187,6 +200,7 @@ class OrderManager:
         *,
         reason: str | None,
         actor: str,
+        cause: TransitionCause,
         events: Sequence[Event] = (),
         **changes: Any,
     ) -> Order:
@@ -205,6 +219,7 @@ class OrderManager:
                 to_state=target.value,
                 reason=reason,
                 actor=actor,
+                cause=cause.value,
             )
         )
         # No flush here: the audit row, events and the order's UPDATE go out together at the
@@ -216,11 +231,14 @@ class OrderManager:
                 order_event(
                     order,
                     event_type,
-                    from_state=source.value,
-                    to_state=target.value,
-                    reason=reason,
-                    filled_quantity=str(order.filled_quantity),
-                    avg_fill_price=_str_or_none(order.avg_fill_price),
+                    OrderTransitioned(
+                        from_state=source,
+                        to_state=target,
+                        reason=reason,
+                        filled_quantity=order.filled_quantity,
+                        avg_fill_price=order.avg_fill_price,
+                        cause=cause,
+                    ),
                 ),
             )
         for event in events:
@@ -241,10 +259,12 @@ class OrderManager:
             order_event(
                 order,
                 EventType.ORDER_CANCEL_REQUESTED,
-                state=order.state,
-                requested_by=requested_by,
-                actor=actor,
-                filled_quantity=str(order.filled_quantity),
+                OrderCancelRequested(
+                    state=OrderState(order.state),
+                    requested_by=requested_by,
+                    actor=actor,
+                    filled_quantity=order.filled_quantity,
+                ),
             ),
         )
         return True
@@ -264,6 +284,7 @@ class OrderManager:
                 to_state=target.value,
                 reason=f"correction: {reason}",
                 actor=actor,
+                cause=TransitionCause.CORRECTION.value,
             )
         )
         emit(
@@ -271,11 +292,13 @@ class OrderManager:
             order_event(
                 order,
                 EventType.ORDER_CORRECTED,
-                from_state=source.value,
-                to_state=target.value,
-                reason=reason,
-                actor=actor,
-                filled_quantity=str(order.filled_quantity),
+                OrderCorrected(
+                    from_state=source,
+                    to_state=target,
+                    reason=reason,
+                    actor=actor,
+                    filled_quantity=order.filled_quantity,
+                ),
             ),
         )
         return order
@@ -302,7 +325,9 @@ class OrderManager:
         self.session.flush()
         emit(
             self.session,
-            order_event(order, EventType.ORDER_NEEDS_REVIEW, reason=reason, actor=actor),
+            order_event(
+                order, EventType.ORDER_NEEDS_REVIEW, OrderNeedsReview(reason=reason, actor=actor)
+            ),
         )
         return order
 
@@ -312,7 +337,13 @@ class OrderManager:
         """Close the order's review entries, optionally moving it (audited) to `target`."""
         order = self.lock(order if isinstance(order, int) else order.id)
         if target is not None and target.value != order.state:
-            self.transition(order, target, reason=f"manual review: {note}", actor=actor)
+            self.transition(
+                order,
+                target,
+                reason=f"manual review: {note}",
+                actor=actor,
+                cause=TransitionCause.OPERATOR,
+            )
         order.needs_manual_review = False
         now = datetime.now(UTC)
         for item in self.session.scalars(
@@ -332,6 +363,3 @@ class OrderManager:
         for name, value in changes.items():
             setattr(order, name, value)
 
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)

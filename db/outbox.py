@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from core.events import Event, EventType
+from core.events import Event, EventType, parse_payload
 from db.engine import PENDING_EVENTS
 from db.models import EventRecord
 
 
 def emit(session: Session, event: Event) -> Event:
-    """Store `event` with the change being made; it is published once the caller commits."""
+    """Store `event` with the change being made; it is published once the caller commits.
+    A payload its type's model refuses raises InvalidInput here, before anything is stored."""
+    parse_payload(event.type, event.payload)
     session.add(
         EventRecord(
             id=event.id,

@@ -12,6 +12,12 @@ from decimal import Decimal
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from core.event_payloads import (
+    EventPayload,
+    OwnershipAcquired,
+    OwnershipReleased,
+    OwnershipTransferred,
+)
 from core.events import Event, EventType
 from core.positions import PositionState, merge
 from core.states import TERMINAL_STATES
@@ -36,24 +42,16 @@ def current_owner(session: Session, ticker: str) -> TickerOwnership | None:
     return session.scalar(
         select(TickerOwnership).where(
             TickerOwnership.ticker == ticker,
-            TickerOwnership.is_primary,
             TickerOwnership.released_at.is_(None),
         )
     )
 
 
 def _ownership_event(
-    event_type: EventType, row: TickerOwnership, strategy: str, **payload: object
+    event_type: EventType, row: TickerOwnership, strategy: str, payload: EventPayload
 ) -> Event:
-    return Event(
-        type=event_type,
-        strategy=strategy,
-        ticker=row.ticker,
-        order_id=row.acquired_by_order_id,
-        payload={
-            "locked_until": row.locked_until.isoformat() if row.locked_until else None,
-            **payload,
-        },
+    return Event.of(
+        event_type, payload, strategy=strategy, ticker=row.ticker, order_id=row.acquired_by_order_id
     )
 
 
@@ -69,7 +67,16 @@ def claim(
         acquired_by_order_id=order_id,
     )
     session.add(row)
-    emit(session, _ownership_event(EventType.OWNERSHIP_ACQUIRED, row, strategy.name, reason=reason))
+    session.flush()
+    acquired = OwnershipAcquired(
+        ticker=ticker,
+        strategy_id=strategy.id,
+        strategy_name=strategy.name,
+        reasoning=reason,
+        ownership_id=row.id,
+        locked_until=row.locked_until,
+    )
+    emit(session, _ownership_event(EventType.OWNERSHIP_ACQUIRED, row, strategy.name, acquired))
     return row
 
 
@@ -79,7 +86,18 @@ def release(session: Session, row: TickerOwnership, reason: str) -> None:
     session.flush()
     emit(
         session,
-        _ownership_event(EventType.OWNERSHIP_RELEASED, row, row.strategy.name, reason=reason),
+        _ownership_event(
+            EventType.OWNERSHIP_RELEASED,
+            row,
+            row.strategy.name,
+            OwnershipReleased(
+                ticker=row.ticker,
+                strategy_id=row.strategy_id,
+                strategy_name=row.strategy.name,
+                reason=reason,
+                ownership_id=row.id,
+            ),
+        ),
     )
 
 
@@ -108,11 +126,18 @@ def transfer(
             EventType.OWNERSHIP_TRANSFERRED,
             new_row,
             to.name,
-            from_strategy=previous.name,
-            to_strategy=to.name,
-            position_moved=str(moved.quantity),
-            avg_cost=str(moved.avg_cost),
-            reason=reason,
+            OwnershipTransferred(
+                ticker=row.ticker,
+                from_strategy_id=previous.id,
+                from_strategy_name=previous.name,
+                to_strategy_id=to.id,
+                to_strategy_name=to.name,
+                reason=reason,
+                ownership_id=new_row.id,
+                locked_until=new_row.locked_until,
+                position_moved=moved.quantity,
+                avg_cost=moved.avg_cost,
+            ),
         ),
     )
     return new_row

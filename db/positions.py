@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.brokerage import Side
+from core.event_payloads import PositionChanged
 from core.events import Event, EventType
 from core.positions import PositionState, apply_fill
 from db.models import Position
@@ -71,19 +72,19 @@ def book_fill(
         event_type = EventType.POSITION_UPDATED
     emit(
         session,
-        Event(
-            type=event_type,
+        Event.of(
+            event_type,
+            PositionChanged(
+                side=side,
+                fill_quantity=quantity,
+                fill_price=price,
+                quantity=after.quantity,
+                avg_cost=after.avg_cost,
+                realized_pnl=after.realized_pnl,
+            ),
             order_id=order_id,
             strategy=strategy_name,
             ticker=ticker,
-            payload={
-                "side": side.value,
-                "fill_quantity": str(quantity),
-                "fill_price": str(price),
-                "quantity": str(after.quantity),
-                "avg_cost": str(after.avg_cost),
-                "realized_pnl": str(after.realized_pnl),
-            },
         ),
     )
     return position

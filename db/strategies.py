@@ -8,6 +8,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
+from core.event_payloads import StrategyToggled, StrategyUpdated
 from core.events import Event, EventType
 from core.signals import STRATEGY_PATTERN, is_name
 from core.strategies import Horizon
@@ -93,16 +94,10 @@ def set_active(session: Session, name: str, active: bool, reason: str) -> Strate
     )
     emit(
         session,
-        Event(
-            type=EventType.STRATEGY_ACTIVATED if active else EventType.STRATEGY_DEACTIVATED,
+        Event.of(
+            EventType.STRATEGY_ACTIVATED if active else EventType.STRATEGY_DEACTIVATED,
+            StrategyToggled(reason=reason, released_tickers=released, unlocked_tickers=kept),
             strategy=name,
-            payload={
-                "reason": reason,
-                "released_tickers": released,
-                # Still owned (a position is held), lock released: the next active strategy
-                # that trades one of them takes it over with the position.
-                "unlocked_tickers": kept,
-            },
         ),
     )
     session.flush()
@@ -160,8 +155,9 @@ def update_strategy(
     strategy.config = StrategyConfig.parse(config).stored()
     emit(
         session,
-        Event(type=EventType.STRATEGY_UPDATED, source=actor, strategy=name,
-              payload={"changes": changes, "reason": reason, "by": actor}),
+        Event.of(EventType.STRATEGY_UPDATED,
+                 StrategyUpdated(changes=changes, reason=reason, by=actor),
+                 source=actor, strategy=name),
     )  # fmt: skip
     session.flush()
     return strategy
@@ -171,9 +167,10 @@ def announce_created(session: Session, strategy: Strategy, *, actor: str) -> Non
     """The STRATEGY_UPDATED event of a new strategy (every change is in the history)."""
     emit(
         session,
-        Event(type=EventType.STRATEGY_UPDATED, source=actor, strategy=strategy.name,
-              payload={"created": True, "priority": strategy.priority,
-                       "horizon": strategy.horizon, "config": strategy.config, "by": actor}),
+        Event.of(EventType.STRATEGY_UPDATED,
+                 StrategyUpdated(created=True, priority=strategy.priority,
+                                 horizon=strategy.horizon, config=strategy.config, by=actor),
+                 source=actor, strategy=strategy.name),
     )  # fmt: skip
 
 

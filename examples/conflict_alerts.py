@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from core.errors import InvalidInput
+from core.event_payloads import ConflictDecided, OwnershipTransferred
 from core.events import Event, EventType
 from core.settings import get_settings
 from strategy_client.subscriber import EventSubscriber
@@ -36,18 +37,26 @@ HEADLINES = {
 
 def describe(event: Event) -> str:
     """One line a person can read at a glance."""
-    payload = event.payload
     when = event.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-    who = event.strategy or payload.get("strategy") or "?"
-    what = event.ticker or payload.get("ticker") or "?"
-    line = f"[{when}] {HEADLINES[event.type]:<8} {what}: strategy {who}"
+    line = f"[{when}] {HEADLINES[event.type]:<8} {event.ticker or '?'}: "
+    data = event.data()
+    if isinstance(data, ConflictDecided):
+        line += (
+            f"{data.requesting_strategy_name} ({data.requesting_priority}) {data.action.value}s "
+            f"against owner {data.owning_strategy_name} ({data.owning_priority})"
+        )
+        reason = data.reasoning
+    elif isinstance(data, OwnershipTransferred):
+        line += (
+            f"from {data.from_strategy_name} to {data.to_strategy_name}, "
+            f"{data.position_moved} shares moved"
+        )
+        reason = data.reason
+    else:
+        return line + f"strategy {event.strategy or '?'}"
     if event.order_id is not None:
         line += f", order #{event.order_id}"
-    for key in ("owner", "holder", "from_strategy", "to_strategy", "side", "quantity"):
-        if key in payload:
-            line += f", {key.replace('_', ' ')} {payload[key]}"
-    reason = payload.get("reason") or payload.get("reasoning")
-    return f"{line} — {reason}" if reason else line
+    return f"{line} — {reason}"
 
 
 class LastSeen:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage
 from core.errors import BrokerageRejected, BrokerageUnavailable, InvalidInput, OrderNotOpen
-from core.states import OrderState, is_terminal
+from core.states import OrderState, TransitionCause, is_terminal
 from db.clock import db_now
 from db.engine import Database
 from db.models import Order
@@ -110,6 +110,7 @@ def _record(session: Session, order_id: int, requested_by: str) -> tuple[CancelR
             S.CANCELLED,
             reason=f"cancelled by {requested_by} before submission",
             actor=ACTOR,
+            cause=TransitionCause.CANCEL_REQUEST,
             cancel_requested_at=db_now(session),
             cancel_requested_by=requested_by,
         )

@@ -8,8 +8,10 @@ from sqlalchemy.orm import Session
 
 from core.brokerage import STOP_TYPES, OrderType, Side
 from core.conflicts import ConflictDecision, Ownership, Resolution, StrategyView, decide
+from core.event_payloads import ConflictDecided
 from core.events import Event, EventType
 from core.states import OrderState
+from core.states import TransitionCause as C
 from db.clock import db_now
 from db.kill_switch import kill_switch_on
 from db.models import ConflictLog, Order, Strategy, TickerOwnership
@@ -30,7 +32,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
     assert order.ticker is not None and order.side is not None and order.quantity is not None
     if kill_switch_on(session):
         reason = "kill_switch: kill switch is on: no new orders accepted"
-        manager.transition(order, S.REJECTED, reason=reason, actor=actor)
+        manager.transition(order, S.REJECTED, reason=reason, actor=actor, cause=C.CONFLICT_CHECK)
         return order.id
     lock_ticker(session, order.ticker)
     strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
@@ -51,6 +53,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
             target,
             reason=reason,
             actor=actor,
+            cause=C.CONFLICT_CHECK,
             events=events,
             conflict_check_passed=passed,
             conflict_reasoning=decision.reasoning,
@@ -95,39 +98,34 @@ def _record_decision(
     if owner_row is None or strategy is None:
         return []
     assert order.ticker is not None and order.side is not None
-    session.add(
-        ConflictLog(
-            order_id=order.id,
-            ticker=order.ticker,
-            requesting_strategy_id=strategy.id,
-            owning_strategy_id=owner_row.strategy_id,
-            requesting_priority=strategy.priority,
-            owning_priority=owner_row.strategy.priority,
-            action=order.side,
-            resolution=decision.resolution.value,
-            reasoning=decision.reasoning,
-        )
+    conflict = ConflictDecided(
+        ticker=order.ticker,
+        requesting_strategy_id=strategy.id,
+        requesting_strategy_name=strategy.name,
+        requesting_priority=strategy.priority,
+        owning_strategy_id=owner_row.strategy_id,
+        owning_strategy_name=owner_row.strategy.name,
+        owning_priority=owner_row.strategy.priority,
+        action=Side(order.side),
+        resolution=decision.resolution,
+        reasoning=decision.reasoning,
     )
+    # The log row holds what the events say, the strategies by id only.
+    logged = conflict.model_dump(
+        mode="json", exclude={"requesting_strategy_name", "owning_strategy_name"}
+    )
+    session.add(ConflictLog(order_id=order.id, **logged))
     if not decision.conflict:
         return []
-    conflict = {
-        "requesting_strategy": strategy.name,
-        "owning_strategy": owner_row.strategy.name,
-        "requesting_priority": strategy.priority,
-        "owning_priority": owner_row.strategy.priority,
-        "action": order.side,
-        "resolution": decision.resolution.value,
-        "reasoning": decision.reasoning,
-    }
     outcome = (
         EventType.ORDER_BLOCKED_BY_CONFLICT
         if decision.resolution is Resolution.BLOCKED
         else EventType.PRIORITY_OVERRIDE
     )
     return [
-        order_event(order, EventType.CONFLICT_DETECTED, **conflict),
-        order_event(order, outcome, **conflict),
-        order_event(order, EventType.CONFLICT_RESOLVED, **conflict),
+        order_event(order, EventType.CONFLICT_DETECTED, conflict),
+        order_event(order, outcome, conflict),
+        order_event(order, EventType.CONFLICT_RESOLVED, conflict),
     ]
 
 

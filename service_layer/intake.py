@@ -34,6 +34,7 @@ from core.signals import (
 )
 from core.signing import split
 from core.states import OrderState
+from core.states import TransitionCause as C
 from db.models import Order, Strategy
 from db.order_manager import OrderManager
 from db.strategies import strategy_by_name
@@ -83,7 +84,11 @@ def intake(
         order, created = manager.create_from_signal(signal, None, actor=actor)
         if created:
             manager.transition(
-                order, S.REJECTED, reason=f"unknown strategy {signal.strategy!r}", actor=actor
+                order,
+                S.REJECTED,
+                reason=f"unknown strategy {signal.strategy!r}",
+                actor=actor,
+                cause=C.SIGNAL_INTAKE,
             )
         return order.id
     why = verify_signal(
@@ -128,7 +133,7 @@ def _refuse(
         actor=actor,
     )
     if created:
-        manager.transition(order, S.REJECTED, reason=reason, actor=actor)
+        manager.transition(order, S.REJECTED, reason=reason, actor=actor, cause=C.SIGNAL_INTAKE)
     return order.id
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.brokerage import Brokerage
+from core.event_payloads import PositionMismatch
 from core.events import Event, EventType
 from db.engine import Database
 from db.models import (
@@ -100,11 +101,8 @@ def _open_position_review(session: Session, ticker: str, ours: Decimal, theirs: 
     """Open (or refresh) the ticker's one review item; emit an event when it is new or its
     values changed. True when an item was opened."""
     lock_ticker(session, ticker)
-    details = {
-        "ours": _num(ours),
-        "theirs": _num(theirs),
-        "by_strategy": _by_strategy(session, ticker),
-    }
+    by_strategy = _by_strategy(session, ticker)
+    details = {"ours": _num(ours), "theirs": _num(theirs), "by_strategy": by_strategy}
     reason = (
         f"position mismatch in {ticker}: Arbiter's strategies hold {details['ours']}, "
         f"the brokerage {details['theirs']}"
@@ -129,10 +127,15 @@ def _open_position_review(session: Session, ticker: str, ours: Decimal, theirs: 
     session.flush()
     emit(
         session,
-        Event(
-            type=EventType.RECONCILIATION_MISMATCH,
+        Event.of(
+            EventType.RECONCILIATION_MISMATCH,
+            PositionMismatch(
+                reason=reason,
+                ours=Decimal(_num(ours)),
+                theirs=Decimal(_num(theirs)),
+                by_strategy={name: Decimal(q) for name, q in by_strategy.items()},
+            ),
             ticker=ticker,
-            payload={"kind": "position", "reason": reason, **details},
         ),
     )
     return item is None

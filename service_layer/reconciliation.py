@@ -31,8 +31,10 @@ from core.errors import (
     BrokerageRejected,
     BrokerageUnavailable,
 )
+from core.event_payloads import UnknownOrderMismatch
 from core.events import Event, EventType
-from core.states import OrderState, is_terminal
+from core.states import BROKERAGE_CAUSES, OrderState, is_terminal
+from core.states import TransitionCause as C
 from db.clock import db_now
 from db.engine import Database
 from db.models import (
@@ -56,9 +58,6 @@ DIRECT_LOOKUPS_MAX = 10  # more orders not open at the brokerage than this: one 
 CONFIRM_PER_PASS = 20  # direct lookups confirming "unknown at the brokerage" before acting on it
 SINCE_MARGIN = timedelta(minutes=10)  # clock skew between us and the brokerage
 CANCEL_RACE_WINDOW_S = 600.0  # how long an order Arbiter cancelled itself is watched for fills
-
-# Actors that settle on the brokerage's word; a CANCELLED written by anyone else may race a fill.
-_SETTLING_ACTORS = ("arbiter.submit", ACTOR, "arbiter.startup_recovery")
 
 
 # -- reports ---------------------------------------------------------------------------------
@@ -325,7 +324,7 @@ def _candidates(session: Session, cancelled_after: datetime) -> list[_Snapshot]:
     cancelled_by_us = select(OrderTransition.order_id).where(
         OrderTransition.order_id == Order.id,
         OrderTransition.to_state == S.CANCELLED.value,
-        OrderTransition.actor.notin_(_SETTLING_ACTORS),
+        OrderTransition.cause.notin_([cause.value for cause in BROKERAGE_CAUSES]),
     )
     query = _snapshot_query().where(
         or_(
@@ -457,7 +456,9 @@ def _settle_one(
             sent_at = order.last_submit_at or order.created_at
             if sent_at >= now - timedelta(seconds=grace_s):
                 return None  # the submit may still be on its way
-            manager.transition(order, S.FAILED, reason=NEVER_RECEIVED, actor=actor)
+            manager.transition(
+                order, S.FAILED, reason=NEVER_RECEIVED, actor=actor, cause=C.RECONCILIATION
+            )
             if order.side == Side.BUY.value:
                 release_unfilled_claim(uow.session, order)
             note = NEVER_RECEIVED
@@ -511,23 +512,26 @@ def _record_orphan(database: Database, broker: BrokerOrder) -> bool:
             f"brokerage holds order {broker.brokerage_order_id} ({coid}, {broker.side.value} "
             f"{broker.quantity} {broker.symbol}, {broker.status}) that Arbiter has no record of"
         )
-        details = {
-            "client_order_id": coid,
-            "brokerage_order_id": broker.brokerage_order_id,
-            "symbol": broker.symbol,
-            "side": broker.side.value,
-            "quantity": str(broker.quantity),
-            "filled_quantity": str(broker.filled_quantity),
-            "status": broker.status,
-        }
+        mismatch = UnknownOrderMismatch(
+            reason=reason,
+            client_order_id=coid,
+            brokerage_order_id=broker.brokerage_order_id,
+            symbol=broker.symbol,
+            side=broker.side,
+            quantity=broker.quantity,
+            filled_quantity=broker.filled_quantity,
+            status=broker.status,
+        )
+        details = mismatch.to_wire()
+        del details["kind"], details["reason"]
         session.add(ReviewItem(kind="order", ticker=broker.symbol, reason=reason, details=details))
         emit(
             session,
-            Event(
-                type=EventType.RECONCILIATION_MISMATCH,
+            Event.of(
+                EventType.RECONCILIATION_MISMATCH,
+                mismatch,
                 client_order_id=coid,
                 ticker=broker.symbol,
-                payload={"kind": "unknown_order", "reason": reason, **details},
             ),
         )
         uow.commit()

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from core.brokerage import Brokerage
+from core.event_payloads import EventPayload, RecoveryCompleted, RecoveryStarted
 from core.events import Event, EventType
 from core.settings import Settings
 from core.states import OrderState
@@ -46,16 +47,11 @@ class StalledReport:
     flagged: int = 0
 
 
-def recover_stalled(database: Database, *, stalled_after_s: float) -> list[tuple[int, str]]:
-    """(order id, pipeline step to resume from) for orders stuck before submission; see
-    NEXT_STEP (the step `validate` is the task `arbiter.validate`). An order re-driven
-    MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead."""
-    return find_stalled(database, stalled_after_s=stalled_after_s).redrive
-
-
 def find_stalled(database: Database, *, stalled_after_s: float) -> StalledReport:
-    """Ages by the database's clock. An order flagged for review is a human's: never
-    re-driven."""
+    """Orders stuck before submission, each with the pipeline step to resume from (`redrive`:
+    (order id, step); see NEXT_STEP, where the step `validate` is the task `arbiter.validate`).
+    An order re-driven MAX_REDRIVES times, or stuck in IDLE, is flagged for review instead.
+    Ages by the database's clock. An order flagged for review is a human's: never re-driven."""
     result = StalledReport()
     with database.unit_of_work() as uow:
         now = db_now(uow.session)
@@ -161,25 +157,26 @@ def startup_recovery(
 ) -> dict[str, Any]:
     """RECOVERY_STARTED, reconcile open orders, find stalled orders, relay the outbox,
     RECOVERY_COMPLETED with the counts. `redrive` lists what the caller must re-enqueue."""
-    _emit_system(database, EventType.RECOVERY_STARTED, {"actor": actor})
+    _emit_system(database, EventType.RECOVERY_STARTED, RecoveryStarted(actor=actor))
     orders = reconcile_open_orders(
         database, brokerage, never_received_grace_s=settings.never_received_grace_s, actor=actor
     )
     stalled = find_stalled(database, stalled_after_s=settings.stalled_after_s)
-    counts: dict[str, Any] = {
-        "recovered": orders.transitioned + orders.fills_applied + len(stalled.redrive),
-        "failed": orders.failed_never_received,
-        "for_review": orders.flagged + orders.orphans + stalled.flagged,
-        "orders": orders.counts(),
-        "redriven": len(stalled.redrive),
-    }
-    _emit_system(database, EventType.RECOVERY_COMPLETED, counts)
+    completed = RecoveryCompleted(
+        recovered=orders.transitioned + orders.fills_applied + len(stalled.redrive),
+        failed=orders.failed_never_received,
+        for_review=orders.flagged + orders.orphans + stalled.flagged,
+        orders=orders.counts(),
+        redriven=len(stalled.redrive),
+    )
+    _emit_system(database, EventType.RECOVERY_COMPLETED, completed)
+    counts: dict[str, Any] = completed.to_wire()
     counts["relayed"] = relay() if relay is not None else 0
     counts["redrive"] = [list(item) for item in stalled.redrive]
     return counts
 
 
-def _emit_system(database: Database, event_type: EventType, payload: dict[str, Any]) -> None:
+def _emit_system(database: Database, event_type: EventType, payload: EventPayload) -> None:
     with database.unit_of_work() as uow:
-        emit(uow.session, Event(type=event_type, payload=payload))
+        emit(uow.session, Event.of(event_type, payload))
         uow.commit()

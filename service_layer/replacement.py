@@ -25,10 +25,11 @@ from core.brokerage import (
     ReplaceRequest,
 )
 from core.errors import BrokerageRejected, BrokerageUnavailable, InvalidInput, OrderNotOpen
+from core.event_payloads import OrderReplaced
 from core.events import EventType
 from core.risk import OrderFacts, RiskContext, RiskLimits, evaluate, first_failure
 from core.signals import client_order_id_for
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.clock import db_now
 from db.engine import Database
 from db.models import Order, Strategy
@@ -90,7 +91,11 @@ def replace_order(
         with database.unit_of_work() as uow:
             manager = OrderManager(uow.session)
             order = manager.transition(
-                replacement, S.REJECTED, reason=f"brokerage refused the replace: {exc}", actor=ACTOR
+                replacement,
+                S.REJECTED,
+                reason=f"brokerage refused the replace: {exc}",
+                actor=ACTOR,
+                cause=TransitionCause.BROKERAGE_REPORT,
             )
             uow.commit()
             raise ReplaceRefused(
@@ -183,6 +188,7 @@ def _begin(
         },
         actor=ACTOR,
         reason=f"replacement of order {original.id} requested by {requested_by}",
+        cause=TransitionCause.REPLACEMENT,
     )
     manager.update(replacement, submit_attempts=1, last_submit_at=db_now(session))
     emit(
@@ -190,12 +196,14 @@ def _begin(
         order_event(
             original,
             EventType.ORDER_REPLACED,
-            replacement_order_id=replacement.id,
-            replacement_client_order_id=coid,
-            requested_by=requested_by,
-            quantity=str(quantity),
-            limit_price=None if limit_price is None else str(limit_price),
-            stop_price=None if stop_price is None else str(stop_price),
+            OrderReplaced(
+                replacement_order_id=replacement.id,
+                replacement_client_order_id=coid,
+                requested_by=requested_by,
+                quantity=quantity,
+                limit_price=limit_price,
+                stop_price=stop_price,
+            ),
         ),
     )
     request = ReplaceRequest(

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
+from core.event_payloads import PositionAdjusted
 from core.events import Event, EventType
 from core.states import OrderState
 from db.clock import db_now
@@ -87,19 +88,19 @@ def adopt_brokerage_position(
     session.flush()
     emit(
         session,
-        Event(
-            type=EventType.POSITION_ADJUSTED,
+        Event.of(
+            EventType.POSITION_ADJUSTED,
+            PositionAdjusted(
+                reason=f"adopted the brokerage's quantity: {note}",
+                actor=actor,
+                review_item_id=item.id,
+                before=before,
+                after=after,
+                brokerage_quantity=brokerage_quantity,
+                avg_cost=position.avg_cost,
+            ),
             strategy=holder.name,
             ticker=ticker,
-            payload={
-                "reason": f"adopted the brokerage's quantity: {note}",
-                "actor": actor,
-                "review_item_id": item.id,
-                "before": str(before),
-                "after": str(after),
-                "brokerage_quantity": str(brokerage_quantity),
-                "avg_cost": str(position.avg_cost),
-            },
         ),
     )
     owner = current_owner(session, ticker)

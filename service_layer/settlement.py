@@ -1,9 +1,10 @@
 """Settling an order against what the brokerage reports: the one place where brokerage
 truth (status, cumulative fills) turns into transitions, fills and positions.
 
-Submit, reconciliation and retries all come through here, so a fill is applied exactly once
-whichever of them sees it first: the order row is locked, and only the increment over the
-filled quantity already recorded is booked (keyed by brokerage order and cumulative quantity).
+Submit, reconciliation and retries all come through here. core/settlement.py decides what a
+report means (a plan); this module applies the plan under the order's row lock, so a fill is
+booked exactly once whichever of them sees it first (keyed by brokerage order and cumulative
+quantity).
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.brokerage import STOP_TYPES, BrokerOrder, Side
+from core.event_payloads import StopLossTriggered
 from core.events import EventType
-from core.positions import fill_increment
-from core.states import OrderState, can_transition, is_terminal
+from core.settlement import ACCEPTED, BookFill, Move, Review, plan_settlement
+from core.states import OrderState, TransitionCause, is_terminal
 from db.models import Fill, Order
 from db.order_manager import OrderManager, order_event
 from db.outbox import emit
 from db.ownership import current_owner, lock_ticker, release_if_unused, unlock
 from db.positions import book_fill
-
-S = OrderState
 
 
 @dataclass
@@ -45,50 +45,34 @@ def settle(session: Session, order: Order, report: BrokerOrder, *, actor: str) -
     result = Settlement()
     if order.brokerage_order_id is None:
         manager.update(order, brokerage_order_id=report.brokerage_order_id)
-
-    current = OrderState(order.state)
-    target = report.state
-
-    # From ORDER_PENDING the brokerage's acceptance comes first.
-    if current is S.ORDER_PENDING and target in (S.ORDER_SENT, S.PARTIAL_FILLED, S.FULLY_FILLED):
-        manager.transition(order, S.ORDER_SENT, reason="accepted by the brokerage", actor=actor)
-        result.transitions.append(S.ORDER_SENT.value)
-        current = S.ORDER_SENT
-
-    if _book_new_fills(session, order, report, actor=actor):
-        result.filled = True
-    if report.legs:
-        settle_legs(session, order, report, actor=actor)
-
-    if is_terminal(current):
-        # A new fill, or a different final word, on an order we hold as final is an anomaly;
-        # an older, non-final snapshot arriving late (submit's POST answer after
-        # reconciliation settled the order) is not.
-        contradicts = is_terminal(target) and target is not current and target is not S.CANCELLED
-        if result.filled or contradicts:
-            # e.g. a fill that raced our cancel: applied above, and a human should look.
-            reason = (
-                f"brokerage reports {report.status} (filled {report.filled_quantity}) for an "
-                f"order Arbiter holds as {current.value}"
-            )
-            manager.flag_for_review(order, reason, actor=actor)
-            result.flagged = reason
-        return result
-
-    if target is S.PARTIAL_FILLED and current is S.PARTIAL_FILLED and not result.filled:
-        return result  # nothing new
-    if target is not current or target is S.PARTIAL_FILLED:
-        if can_transition(current, target):
-            said = report.reject_reason if target is S.REJECTED else None
+    plan = plan_settlement(
+        OrderState(order.state), order.filled_quantity, order.avg_fill_price, report
+    )
+    legs_settled = not report.legs
+    for step in plan.steps:
+        if not legs_settled and (
+            isinstance(step, Review) or (isinstance(step, Move) and step.reason != ACCEPTED)
+        ):
+            # A bracket's or OCO's legs after the parent's acceptance and fills, before its
+            # final word (as they happened at the brokerage).
+            settle_legs(session, order, report, actor=actor)
+            legs_settled = True
+        if isinstance(step, Move):
             manager.transition(
-                order, target, reason=said or f"brokerage: {report.status}", actor=actor
+                order,
+                step.target,
+                reason=step.reason,
+                actor=actor,
+                cause=TransitionCause.BROKERAGE_REPORT,
             )
-            result.transitions.append(target.value)
-        elif target is not S.ORDER_SENT:
-            odd = f"brokerage status {report.status} cannot follow {current.value}"
-            manager.flag_for_review(order, odd, actor=actor)
-            result.flagged = odd
-
+            result.transitions.append(step.target.value)
+        elif isinstance(step, BookFill):
+            result.filled = _book_fill(session, order, report, step, actor=actor)
+        elif isinstance(step, Review):
+            manager.flag_for_review(order, step.reason, actor=actor)
+            result.flagged = step.reason
+    if not legs_settled:
+        settle_legs(session, order, report, actor=actor)
     if is_terminal(OrderState(order.state)):
         if order.side == Side.BUY.value:
             release_unfilled_claim(session, order)
@@ -151,6 +135,7 @@ def _record_leg(
         },
         actor=actor,
         reason=f"{role} leg of order {parent.id} ({parent.order_class})",
+        cause=TransitionCause.BROKERAGE_REPORT,
     )
 
 
@@ -171,26 +156,29 @@ def _stop_loss_triggered(
         order_event(
             order,
             EventType.POSITION_STOP_LOSS_TRIGGERED,
-            ticker=order.ticker,
-            strategy=order.strategy_name,
-            quantity=str(quantity),
-            order_quantity=str(order.quantity),
-            stop_price=None if order.stop_price is None else str(order.stop_price),
-            fill_price=str(price),
-            order_id=order.id,
-            parent_order_id=order.parent_order_id,
-            lock_released=lock_released,
-            actor=actor,
+            StopLossTriggered(
+                ticker=order.ticker,
+                strategy=order.strategy_name,
+                quantity=quantity,
+                order_quantity=order.quantity,
+                stop_price=order.stop_price,
+                fill_price=price,
+                order_id=order.id,
+                parent_order_id=order.parent_order_id,
+                lock_released=lock_released,
+                actor=actor,
+            ),
         ),
     )
 
 
-def _book_new_fills(session: Session, order: Order, report: BrokerOrder, *, actor: str) -> bool:
-    increment = fill_increment(
-        order.filled_quantity, order.avg_fill_price, report.filled_quantity, report.avg_fill_price
-    )
-    if increment is None:
-        return False
+
+
+def _book_fill(
+    session: Session, order: Order, report: BrokerOrder, step: BookFill, *, actor: str
+) -> bool:
+    """Book the planned increment once (False: this cumulative fill was booked before)."""
+    increment = step.increment
     assert order.ticker is not None and order.side is not None and order.strategy_id is not None
     inserted = session.scalar(
         insert(Fill)
@@ -208,7 +196,7 @@ def _book_new_fills(session: Session, order: Order, report: BrokerOrder, *, acto
         return False
     first_fill = order.filled_quantity == 0
     OrderManager(session).update(
-        order, filled_quantity=report.filled_quantity, avg_fill_price=report.avg_fill_price
+        order, filled_quantity=step.filled_quantity, avg_fill_price=step.avg_fill_price
     )
     lock_ticker(session, order.ticker)
     position = book_fill(

@@ -42,6 +42,7 @@ from core.errors import (
     DuplicateClientOrderId,
 )
 from core.states import OrderState, is_terminal
+from core.states import TransitionCause as C
 from db.engine import Database
 from db.kill_switch import kill_switch_on
 from db.models import Order
@@ -111,7 +112,11 @@ def begin_submit(
     if kill_switch_on(session):
         if order.submit_attempts == 0:
             manager.transition(
-                order, S.CANCELLED, reason="kill switch is on: not sent", actor=ACTOR
+                order,
+                S.CANCELLED,
+                reason="kill switch is on: not sent",
+                actor=ACTOR,
+                cause=C.KILL_SWITCH,
             )
             release_unfilled_claim(session, order)
             return None
@@ -155,6 +160,7 @@ def withdraw(
                     S.CANCELLED,
                     reason="kill switch is on: not found at the brokerage, not sent again",
                     actor=ACTOR,
+                    cause=C.KILL_SWITCH,
                 )
                 release_unfilled_claim(uow.session, order)
         uow.commit()
@@ -206,7 +212,13 @@ def record_rejection(
     order = manager.lock(order_id)
     on_order(order)
     if order.state == S.ORDER_PENDING.value:
-        manager.transition(order, S.REJECTED, reason=f"brokerage: {reason}", actor=ACTOR)
+        manager.transition(
+            order,
+            S.REJECTED,
+            reason=f"brokerage: {reason}",
+            actor=ACTOR,
+            cause=C.BROKERAGE_REPORT,
+        )
         release_unfilled_claim(session, order)
 
 

@@ -8,9 +8,11 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
+from core.event_payloads import RiskLimitExceeded
 from core.events import EventType
 from core.risk import OrderFacts, RiskContext, RiskLimits, evaluate, first_failure
 from core.states import OrderState
+from core.states import TransitionCause as C
 from db.models import Strategy
 from db.order_manager import OrderManager, order_event
 from db.risk_counts import risk_snapshot
@@ -57,16 +59,25 @@ def validate(
     )
     failed = first_failure(verdicts)
     if failed is None:
-        manager.transition(order, S.VALIDATING, reason="risk checks passed", actor=actor)
+        manager.transition(
+            order, S.VALIDATING, reason="risk checks passed", actor=actor, cause=C.VALIDATION
+        )
         return order.id
     extra = []
     if failed.limit_exceeded:
         extra.append(
             order_event(
-                order, EventType.RISK_LIMIT_EXCEEDED, rule=failed.rule, reason=failed.reason
+                order,
+                EventType.RISK_LIMIT_EXCEEDED,
+                RiskLimitExceeded(rule=failed.rule, reason=failed.reason),
             )
         )
     manager.transition(
-        order, S.REJECTED, reason=f"{failed.rule}: {failed.reason}", actor=actor, events=extra
+        order,
+        S.REJECTED,
+        reason=f"{failed.rule}: {failed.reason}",
+        actor=actor,
+        cause=C.VALIDATION,
+        events=extra,
     )
     return order.id

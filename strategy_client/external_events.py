@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.errors import InvalidInput
-from core.events import EXTERNAL_EVENT_TYPES, Event, EventType, parse_event_type
+from core.events import EXTERNAL_EVENT_TYPES, Event, EventType, parse_event_type, parse_payload
 from db.engine import Database, UnitOfWork
 from db.models import Order
 from db.outbox import emit
@@ -108,6 +108,7 @@ def validate_external(
         isinstance(order_id, bool) or not isinstance(order_id, int) or order_id <= 0
     ):
         raise InvalidInput("order_id must be a positive integer")
+    parse_payload(event_type, payload)
     return Event(
         type=event_type,
         source=EXTERNAL_PREFIX + source.strip(),

@@ -1,4 +1,5 @@
-"""The Celery application: the one composition root for configuration.
+"""The Celery application, configured from the settings the entry point hands in (resources
+such as the database come from bootstrap.py, one runtime per process).
 
 Each setting below is chosen for this workload (money moves on these messages):
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, retry_backoff_max_s
 from strategy_client.broker import broker_config, broker_url
 from strategy_client.routing import SIGNALS_QUEUE, TASK_ROUTES
 
@@ -47,6 +48,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,
+        # Read by tasks.pipeline.PipelineTask: transient errors are retried this often, the
+        # backoff capped far below the visibility timeout so a retry is never also redelivered.
+        "arbiter_max_retries": settings.submit_max_retries,
+        "arbiter_retry_backoff_max": retry_backoff_max_s(settings.visibility_timeout_s),
     }
 
 

@@ -24,8 +24,9 @@ from celery.signals import worker_ready, worker_shutdown
 from redis.exceptions import LockError
 from sqlalchemy import select
 
+from core.event_payloads import ErrorOccurred, SystemChanged
 from core.events import Event, EventType
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from db import event_history
 from db.clock import db_now
 from db.engine import Database
@@ -83,7 +84,7 @@ def exclusive(name: str, timeout_s: float, client: redis.Redis | None = None) ->
 
 def _intervals() -> dict[str, float]:
     """Each periodic task's interval (from settings, as the beat schedule uses them)."""
-    s = get_settings()
+    s = runtime().settings
     return {
         routing.RECONCILE_ORDERS: s.reconcile_interval_s,
         routing.RECOVER_STALLED: s.recover_stalled_interval_s,
@@ -213,11 +214,11 @@ def _dead_letter(database: Database, client_order_id: str, entry: pending.Entry)
         )
         emit(
             uow.session,
-            Event(
-                type=EventType.ERROR_OCCURRED,
+            Event.of(
+                EventType.ERROR_OCCURRED,
+                ErrorOccurred(kind="dead_letter", task=routing.RECOVER_STALLED, error=reason),
                 source=routing.RECOVER_STALLED,
                 client_order_id=client_order_id,
-                payload={"kind": "dead_letter", "reason": reason},
             ),
         )
         uow.commit()
@@ -319,7 +320,7 @@ def _announce(event_type: EventType, sender: Any) -> None:
         with runtime().database.unit_of_work() as uow:
             emit(
                 uow.session,
-                Event(type=event_type, source="worker", payload={"worker": str(sender or "")}),
+                Event.of(event_type, SystemChanged(worker=str(sender or "")), source="worker"),
             )
             uow.commit()
     except Exception:

@@ -19,7 +19,7 @@ from service_layer.cancellation import cancel_order as cancel_service
 from service_layer.replacement import ReplaceChanges
 from service_layer.replacement import replace_order as replace_service
 from strategy_client import routing
-from tasks.pipeline import RETRY
+from tasks.pipeline import PipelineTask
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ UNKNOWN_ORDER_RETRIES = 10
 UNKNOWN_ORDER_WAIT_S = 1.0
 
 
-@shared_task(name=routing.CANCEL, bind=True, **RETRY)
+@shared_task(name=routing.CANCEL, bind=True, base=PipelineTask)
 def cancel_order(self: Task, strategy: str, client_order_id: str) -> dict[str, Any]:
     rt = runtime()
     try:
@@ -52,7 +52,7 @@ def cancel_order(self: Task, strategy: str, client_order_id: str) -> dict[str, A
     return {"client_order_id": client_order_id, "outcome": result.outcome.value}
 
 
-@shared_task(name=routing.REPLACE, **RETRY)
+@shared_task(name=routing.REPLACE, base=PipelineTask)
 def replace_order(
     strategy: str,
     client_order_id: str,

@@ -16,8 +16,9 @@ from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from core.errors import BrokerageUnavailable, InvalidInput
+from core.event_payloads import ErrorOccurred
 from core.events import Event, EventType
-from core.settings import Settings, get_settings, retry_backoff_max_s
+from core.settings import Settings
 from core.signals import client_order_id_for
 from db.engine import UnitOfWork
 from db.order_manager import locked_orders
@@ -35,16 +36,27 @@ log = logging.getLogger(__name__)
 # connection, a deadlock). Every step is idempotent, so a retry is harmless. The longest
 # backoff stays far below the visibility timeout, so a retry is never also redelivered.
 TRANSIENT = (BrokerageUnavailable, DBOperationalError, DBInterfaceError)
-RETRY: dict[str, Any] = {
-    "autoretry_for": TRANSIENT,
-    "retry_backoff": 1,
-    "retry_backoff_max": retry_backoff_max_s(get_settings().visibility_timeout_s),
-    "retry_jitter": True,
-    "max_retries": get_settings().submit_max_retries,
-}
 
 
-@shared_task(name=routing.INTAKE, bind=True, **RETRY)
+class PipelineTask(Task):  # type: ignore[misc]
+    """Retries transient errors with exponential backoff and jitter. The backoff ceiling and
+    the number of retries come from the app's configuration (tasks/app.py, from settings),
+    read when the task is bound and when it retries, never at import."""
+
+    autoretry_for = TRANSIENT
+    retry_backoff = 1
+    retry_jitter = True
+
+    @property
+    def retry_backoff_max(self) -> int:
+        return int(self.app.conf.arbiter_retry_backoff_max)
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.app.conf.arbiter_max_retries)
+
+
+@shared_task(name=routing.INTAKE, bind=True, base=PipelineTask)
 def intake(self: Task, *args: Any, **kwargs: Any) -> int | None:
     """Record the signal. Any message shape is accepted here, so that a malformed one is
     recorded REJECTED with its reason instead of failing in Celery's argument binding. A
@@ -98,7 +110,7 @@ def _order_id(value: Any) -> int:
     return value
 
 
-@shared_task(name=routing.VALIDATE, **RETRY)
+@shared_task(name=routing.VALIDATE, base=PipelineTask)
 def validate(order_id: int) -> int:
     order_id = _order_id(order_id)
     rt = runtime()
@@ -115,7 +127,7 @@ def validate(order_id: int) -> int:
     return order_id
 
 
-@shared_task(name=routing.CHECK_CONFLICT, **RETRY)
+@shared_task(name=routing.CHECK_CONFLICT, base=PipelineTask)
 def check_conflict(order_id: int) -> int:
     order_id = _order_id(order_id)
     with runtime().database.unit_of_work() as uow:
@@ -125,7 +137,7 @@ def check_conflict(order_id: int) -> int:
     return order_id
 
 
-@shared_task(name=routing.SUBMIT, **RETRY)
+@shared_task(name=routing.SUBMIT, base=PipelineTask)
 def submit(order_id: int) -> int:
     """Send the order to the brokerage at most once per client_order_id
     (service_layer/submission.py). When retries run out the order stays ORDER_PENDING and
@@ -168,11 +180,11 @@ def _announce_failure(
         with runtime().database.unit_of_work() as uow:
             emit(
                 uow.session,
-                Event(
-                    type=EventType.ERROR_OCCURRED,
+                Event.of(
+                    EventType.ERROR_OCCURRED,
+                    ErrorOccurred(task=name, task_id=task_id, error=error),
                     source=name,
                     order_id=order_id,
-                    payload={"task": name, "task_id": task_id, "error": error},
                 ),
             )
             uow.commit()

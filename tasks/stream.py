@@ -21,11 +21,11 @@ import uuid
 import redis
 
 from adapters.trade_stream import TradeUpdateStream
+from bootstrap import Runtime
 from core.brokerage import BrokerOrder
 from core.errors import BrokerageUnavailable
 from core.settings import Settings
 from service_layer import trade_updates
-from tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from bootstrap import Runtime
 from db.engine import Database
-from tasks.runtime import Runtime
 
 if TYPE_CHECKING:
     from strategy_client.client import SignalClient

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 
+from bootstrap import Runtime, bootstrap
 from core.errors import ArbiterError, InvalidInput
 from core.settings import Settings
 from core.states import OrderState
@@ -88,12 +89,22 @@ def redis_url() -> str:
 
 
 @contextmanager
-def open_database() -> Iterator[Database]:
-    database = Database(database_url(), pool_size=1, application_name="arbiter-cli")
+def runtime() -> Iterator[Runtime]:
+    """This command's runtime (bootstrap.py), released when the command ends."""
+    current = settings()
+    if not current.database_url:
+        fail(NO_DATABASE)
+    built = bootstrap(current, application_name="arbiter-cli", pool_size=1)
     try:
-        yield database
+        yield built
     finally:
-        database.dispose()
+        built.close()
+
+
+@contextmanager
+def open_database() -> Iterator[Database]:
+    with runtime() as built:
+        yield built.database
 
 
 @contextmanager

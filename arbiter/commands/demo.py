@@ -29,6 +29,7 @@ from arbiter.commands import common
 from arbiter.embedded import postgres_reachable, redis_reachable
 from arbiter.stack import Stack, data_dir_of, owner_pid, read_env_file
 from arbiter.supervisor import ChildFailed, Shutdown, signals_ignored, sigterm_as_shutdown
+from bootstrap import bootstrap
 from core.errors import OperationalError
 from core.settings import Settings
 from core.states import TERMINAL_STATES
@@ -163,12 +164,12 @@ def collect(database: Database, prefix: str, started: datetime) -> dict[str, Any
             for c in s.scalars(select(ConflictLog).where(ConflictLog.order_id.in_(run_orders))
                                .order_by(ConflictLog.id))
         ]  # fmt: skip
-        # Case 4 of the SPEC: another strategy owns the ticker. The rest are owners' own trades.
+        # Conflicts proper: another strategy owns the ticker. The rest are owners' own trades.
         conflicts = [c for c in decisions if c["requesting_strategy"] != c["owning_strategy"]]
         ownership = {
             o.ticker: {"strategy": o.strategy.name, "locked_until": o.locked_until}
             for o in s.scalars(select(TickerOwnership).where(
-                TickerOwnership.is_primary, TickerOwnership.released_at.is_(None)
+                TickerOwnership.released_at.is_(None)
             ).order_by(TickerOwnership.ticker))
         }  # fmt: skip
         positions: dict[str, dict[str, str]] = {}
@@ -315,7 +316,9 @@ def demo(
 
 def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: bool,
         out: Console, quiet: bool) -> dict[str, Any]:
-    database = Database(urls["ARBITER_DATABASE_URL"], pool_size=2, application_name="arbiter-demo")
+    rt = bootstrap(settings.model_copy(update={"database_url": urls["ARBITER_DATABASE_URL"]}),
+                   application_name="arbiter-demo", pool_size=2)
+    database = rt.database
     try:
         if fresh:
             truncate(database)
@@ -356,7 +359,7 @@ def run(settings: Settings, urls: dict[str, str], total: int, seed: int, fresh: 
         finished = time.monotonic()
         summary = collect(database, run_id, started_at)
     finally:
-        database.dispose()
+        rt.close()
     coids = set(progress.coids)
     at_brokerage, duplicates = brokerage_counts(settings, urls["ARBITER_BROKERAGE_URL"], coids)
     elapsed = max(finished - (progress.first_sent or started), 1e-6)

@@ -1,5 +1,5 @@
-"""`arbiter events`: read the event history, follow the live stream, publish an event, purge
-old history."""
+"""`arbiter events`: read the event history, follow the live stream, publish an event, show
+each type's payload schema, purge old history."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from arbiter.commands import common
+from bootstrap import bootstrap
 from core.errors import InvalidInput
-from core.events import Event, EventType, parse_event_type
+from core.events import Event, EventType, parse_event_type, payload_schemas
 from core.settings import Settings
 from db.engine import Database
 from db.event_history import (
@@ -30,7 +31,6 @@ from db.event_history import (
     purge_history,
 )
 from db.outbox import record_to_event
-from db.publisher import EventPublisher
 from strategy_client.external_events import publish_external
 from strategy_client.subscriber import EventSubscriber
 
@@ -166,14 +166,14 @@ def list_command(
     as_json: JsonOption = False,
 ) -> None:
     """The newest events from the durable history, oldest of them first."""
-    _, database_url, _ = _settings(redis=False)
+    settings, database_url, _ = _settings(redis=False)
     try:
         since_at = parse_since(since) if since else None
     except InvalidInput as exc:
         fail(str(exc))
-    database = Database(database_url, pool_size=1)
+    rt = bootstrap(settings, application_name="arbiter-cli", pool_size=1)
     try:
-        with database.sessions() as session:
+        with rt.database.sessions() as session:
             records = list_events(
                 session,
                 types=_types(types),
@@ -187,7 +187,7 @@ def list_command(
     except SQLAlchemyError as exc:
         _unreachable(database_url, exc)
     finally:
-        database.dispose()
+        rt.close()
     records.reverse()
     if as_json:
         envelopes = [json.loads(record_to_event(record).to_json()) for record in records]
@@ -266,17 +266,16 @@ def publish_command(
     order: Annotated[int | None, typer.Option("--order", help="Order id.")] = None,
 ) -> None:
     """Publish an event from outside Arbiter (stored in the history, then on pub/sub)."""
-    settings, database_url, redis_url = _settings(redis=True)
+    settings, database_url, _ = _settings(redis=True)
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as exc:
         fail(f"--payload is not valid JSON: {exc}")
-    database = Database(database_url, pool_size=1)
-    publisher = EventPublisher(redis_url, settings.event_channel_prefix, database)
+    rt = bootstrap(settings, application_name="arbiter-cli", pool_size=1)
     try:
         event = publish_external(
-            database,
-            publisher,
+            rt.database,
+            rt.publisher,
             event_type,
             source=source,
             payload=body,
@@ -289,8 +288,36 @@ def publish_command(
     except SQLAlchemyError as exc:
         _unreachable(database_url, exc)
     finally:
-        database.dispose()
+        rt.close()
     sys.stdout.write(event.to_json() + "\n")
+
+
+@app.command("schema")
+def schema_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: wire name -> JSON Schema.")
+    ] = False,
+) -> None:
+    """The payload of every event type, as JSON Schema."""
+    schemas = payload_schemas()
+    if as_json:
+        sys.stdout.write(json.dumps(schemas, indent=2, sort_keys=True) + "\n")
+        return
+    table = Table("type", "payload fields")
+    for name, schema in sorted(schemas.items()):
+        fields = _schema_fields(schema)
+        table.add_row(name, ", ".join(fields) if fields else "any JSON object")
+    Console(highlight=False).print(table)
+
+
+def _schema_fields(schema: dict[str, Any]) -> list[str]:
+    """Field names of a payload schema (a union's: of each variant)."""
+    definitions = schema.get("$defs", {})
+    variants = [definitions[ref["$ref"].rsplit("/", 1)[1]] for ref in schema.get("oneOf", [])]
+    names: list[str] = []
+    for variant in variants or [schema]:
+        names += [name for name in variant.get("properties", {}) if name not in names]
+    return names
 
 
 @app.command("purge")

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from arbiter.commands import common
 from core.errors import ArbiterError
-from core.states import OrderState, is_terminal
+from core.states import OrderState, TransitionCause, is_terminal
 from db import kill_switch as kill_switch_store
 from db.models import Order
 from db.order_manager import OrderManager
@@ -33,7 +33,13 @@ def cancel_received(session: Session, reason: str) -> int:
     for order_id in ids:
         order = manager.lock(order_id)
         if order.state == OrderState.SIGNAL_RECEIVED.value:
-            manager.transition(order, OrderState.CANCELLED, reason=reason, actor=ACTOR)
+            manager.transition(
+                order,
+                OrderState.CANCELLED,
+                reason=reason,
+                actor=ACTOR,
+                cause=TransitionCause.KILL_SWITCH,
+            )
             cancelled += 1
     return cancelled
 
@@ -70,24 +76,22 @@ def cancel_at_brokerage(
     """Ask the brokerage to cancel each order (the pending ones looked up by client_order_id
     first); reconciliation records the outcome (a fill that beat the cancel is still
     booked). Returns (requested, failures)."""
-    from adapters.alpaca import AlpacaBrokerage
-
-    brokerage = AlpacaBrokerage.from_settings(common.settings())
     failures = []
     targets = list(brokerage_ids)
-    for coid in client_order_ids:
-        try:
-            found = brokerage.get_by_client_order_id(coid)
-        except ArbiterError as exc:
-            failures.append(f"{coid}: {exc}")
-            continue
-        if found is not None and not is_terminal(found.state):
-            targets.append(found.brokerage_order_id)
-    for brokerage_id in targets:
-        try:
-            brokerage.cancel(brokerage_id)
-        except ArbiterError as exc:
-            failures.append(f"{brokerage_id}: {exc}")
+    with common.runtime() as rt:
+        for coid in client_order_ids:
+            try:
+                found = rt.brokerage.get_by_client_order_id(coid)
+            except ArbiterError as exc:
+                failures.append(f"{coid}: {exc}")
+                continue
+            if found is not None and not is_terminal(found.state):
+                targets.append(found.brokerage_order_id)
+        for brokerage_id in targets:
+            try:
+                rt.brokerage.cancel(brokerage_id)
+            except ArbiterError as exc:
+                failures.append(f"{brokerage_id}: {exc}")
     return len(targets) - len(failures), failures
 
 

@@ -11,11 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from arbiter.commands import common
-from core.brokerage import Brokerage
 from core.errors import InvalidInput, OrderNotOpen
-from core.market_data import ReferencePrices
-from core.risk import RiskLimits
-from core.settings import Settings
 from db.models import EventRecord, Fill, Order, OrderTransition
 from service_layer.cancellation import cancel_order
 from service_layer.replacement import ReplaceChanges, replace_order
@@ -107,8 +103,8 @@ def show(
     with common.unit_of_work() as uow:
         order = find_order(uow.session, key)
         transitions = [
-            {"from": t.from_state, "to": t.to_state, "reason": t.reason, "actor": t.actor,
-             "at": t.created_at}
+            {"from": t.from_state, "to": t.to_state, "reason": t.reason, "cause": t.cause,
+             "actor": t.actor, "at": t.created_at}
             for t in uow.session.scalars(
                 select(OrderTransition)
                 .where(OrderTransition.order_id == order.id)
@@ -144,12 +140,6 @@ def show(
     )  # fmt: skip
 
 
-def _brokerage() -> Brokerage:
-    from adapters.alpaca import AlpacaBrokerage
-
-    return AlpacaBrokerage.from_settings(common.settings())
-
-
 @app.command()
 def cancel(
     key: Annotated[str, typer.Argument(metavar="ID_OR_CLIENT_ORDER_ID")],
@@ -157,9 +147,9 @@ def cancel(
 ) -> None:
     """Cancel one order: at once before submission; at the brokerage, CANCELLED once it
     confirms (fills that raced the cancel are booked). Exit 1 on an order already final."""
-    with common.guarded(), common.open_database() as database:
+    with common.guarded(), common.runtime() as rt:
         try:
-            result = cancel_order(database, _brokerage(), key, requested_by=ACTOR)
+            result = cancel_order(rt.database, rt.brokerage, key, requested_by=ACTOR)
         except OrderNotOpen as exc:
             common.fail(str(exc), code=1)
     if as_json:
@@ -178,24 +168,21 @@ def replace(
 ) -> None:
     """Replace one open order through the brokerage's replace; the replacement is an order
     of its own, linked to this one. A larger quantity passes the risk rules again."""
-    with common.guarded(), common.open_database() as database:
+    with common.guarded(), common.runtime() as rt:
         changes = ReplaceChanges(
             _number("--quantity", quantity),
             _number("--limit-price", limit_price),
             _number("--stop-price", stop_price),
         )
-        settings = common.settings()
-        from adapters.market_data import AlpacaMarketData
-
         try:
             result = replace_order(
-                database,
-                _brokerage(),
+                rt.database,
+                rt.brokerage,
                 key,
                 changes,
                 requested_by=ACTOR,
-                limits=risk_limits(settings),
-                reference_price=ReferencePrices(AlpacaMarketData.from_settings(settings)).price,
+                limits=rt.risk_limits,
+                reference_price=rt.reference_prices.price,
             )
         except OrderNotOpen as exc:
             common.fail(str(exc), code=1)
@@ -205,15 +192,6 @@ def replace(
     typer.echo(
         f"order {result.original_id} replaced by order {result.replacement_id} "
         f"({result.client_order_id}): {result.state}"
-    )
-
-
-def risk_limits(settings: Settings) -> RiskLimits:
-    return RiskLimits(
-        max_order_quantity=settings.max_order_quantity,
-        max_order_notional=settings.max_order_notional,
-        max_open_orders=settings.max_open_orders_per_strategy,
-        max_signals_per_minute=settings.max_signals_per_minute,
     )
 
 

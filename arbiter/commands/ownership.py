@@ -29,7 +29,6 @@ def ownership_row(row: TickerOwnership, now: datetime) -> common.Row:
     return {
         "ticker": row.ticker,
         "strategy": row.strategy.name,
-        "primary": row.is_primary,
         "locked_until": row.locked_until,
         "locked": row.released_at is None and row.locked_until is not None
         and row.locked_until > now,
@@ -46,16 +45,14 @@ def list_ownership(
     history: Annotated[bool, typer.Option("--history", help="include released owners")] = False,
     as_json: common.AsJson = False,
 ) -> None:
-    """Live primary owners by ticker (with --history: every claim, newest first)."""
+    """Live owners by ticker (with --history: every claim, newest first)."""
     if ctx.invoked_subcommand is not None:
         return
     query = select(TickerOwnership)
     if history:
         query = query.order_by(TickerOwnership.ticker, TickerOwnership.id.desc())
     else:
-        query = query.where(
-            TickerOwnership.is_primary, TickerOwnership.released_at.is_(None)
-        ).order_by(TickerOwnership.ticker)
+        query = query.where(TickerOwnership.released_at.is_(None)).order_by(TickerOwnership.ticker)
     now = datetime.now(UTC)
     with common.unit_of_work() as uow:
         rows = [ownership_row(r, now) for r in uow.session.scalars(query)]

@@ -19,21 +19,18 @@ def reconcile(as_json: common.AsJson = False) -> None:
 
     A position difference becomes a review item only once two passes (this one and the
     previous, beat's or CLI's) saw the same quantities; this prints it either way."""
-    from adapters.alpaca import AlpacaBrokerage
-
-    settings = common.settings()
-    brokerage = AlpacaBrokerage.from_settings(settings)
-    with common.guarded(), common.open_database() as database:
+    with common.guarded(), common.runtime() as rt:
         try:
             orders = service.reconcile_open_orders(
-                database,
-                brokerage,
-                never_received_grace_s=settings.never_received_grace_s,
+                rt.database,
+                rt.brokerage,
+                never_received_grace_s=rt.settings.never_received_grace_s,
                 actor=ACTOR,
             )
-            mismatches = position_check.reconcile_positions(database, brokerage)
+            mismatches = position_check.reconcile_positions(rt.database, rt.brokerage)
         except BrokerageUnavailable as exc:
-            common.fail(f"cannot reach the brokerage at {settings.brokerage_url}: {exc}", code=1)
+            url = rt.settings.brokerage_url
+            common.fail(f"cannot reach the brokerage at {url}: {exc}", code=1)
     changes = [asdict(c) for c in orders.changes]
     positions = [asdict(m) for m in mismatches]
     if as_json:

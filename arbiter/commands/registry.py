@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 from arbiter.commands import (
     conflicts,
     database,
     demo,
+    events,
     kill_switch,
     notify,
     orders,
@@ -25,9 +24,7 @@ from arbiter.commands import (
     up,
     web,
 )
-
-# Written by others; mounted when present.
-OPTIONAL_APPS = (("arbiter.commands.events", "events"), ("brokersim.cli", "brokersim"))
+from brokersim import cli as brokersim_cli
 
 
 def register(root: typer.Typer) -> None:
@@ -47,10 +44,6 @@ def register(root: typer.Typer) -> None:
     root.command("report")(report.report)
     root.add_typer(tokens.app, name="tokens")
     root.command("web")(web.web)
+    root.add_typer(events.app, name="events")
+    root.add_typer(brokersim_cli.app, name="brokersim")
     root.command("stream")(stream.stream)
-    for module_name, name in OPTIONAL_APPS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        root.add_typer(module.app, name=name)

@@ -17,7 +17,7 @@ from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
 from adapters.alpaca import AlpacaBrokerage
-from core.brokerage import OrderRequest, OrderType, Side
+from core.brokerage import BrokerOrder, OrderRequest, OrderType, Side
 from core.brokerage import TimeInForce as Tif
 from core.errors import (
     BrokerageAuthError,
@@ -59,7 +59,14 @@ def position(brokerage: AlpacaBrokerage, symbol: str) -> tuple[Decimal, Decimal]
     return None
 
 
-def test_market_order_fills_and_reads_back_by_id_and_by_client_order_id(
+def current(brokerage: AlpacaBrokerage, order: BrokerOrder) -> BrokerOrder:
+    """The brokerage's latest word on `order`, looked up as Arbiter does: by client_order_id."""
+    found = brokerage.get_by_client_order_id(order.client_order_id)
+    assert found is not None, order.client_order_id
+    return found
+
+
+def test_market_order_fills_and_reads_back_by_client_order_id(
     shared_brokerage: AlpacaBrokerage,
 ) -> None:
     brokerage = shared_brokerage
@@ -68,7 +75,6 @@ def test_market_order_fills_and_reads_back_by_id_and_by_client_order_id(
     assert order.client_order_id == request.client_order_id
     assert (order.status, order.state) == ("filled", OrderState.FULLY_FILLED)
     assert order.filled_quantity == Decimal(10) and order.avg_fill_price is not None
-    assert brokerage.get(order.brokerage_order_id) == order
     assert brokerage.get_by_client_order_id(request.client_order_id) == order
     assert brokerage.get_by_client_order_id("no-such-order") is None
 
@@ -83,7 +89,7 @@ def test_open_orders_are_listed_and_cancelled(
         resting.brokerage_order_id
     ]
     brokerage.cancel(resting.brokerage_order_id)
-    cancelled = brokerage.get(resting.brokerage_order_id)
+    cancelled = current(brokerage, resting)
     assert (cancelled.status, cancelled.state) == ("canceled", OrderState.CANCELLED)
     assert brokerage.list_open_orders() == []
     with pytest.raises(BrokerageRejected) as not_cancelable:
@@ -143,12 +149,13 @@ def test_partial_fills_arrive_in_slices_summing_to_quantity_at_the_average_price
     brokerage = sim.brokerage()
     order = brokerage.submit(market("NVDA", "10"))
     assert order.status == "new"
-    done = wait_for(lambda: (o := brokerage.get(order.brokerage_order_id)).status == "filled" and o)
-    fills = [f for oid, f in brokerage.list_fills() if oid == order.brokerage_order_id]
+    done = wait_for(lambda: (o := current(brokerage, order)).status == "filled" and o)
+    fills = [(Decimal(f["qty"]), Decimal(f["price"]), f["id"])
+             for f in sim.admin.fills(order.brokerage_order_id)]
     assert len(fills) == 4
-    assert sum(f.quantity for f in fills) == Decimal(10)
-    assert len({f.fill_id for f in fills}) == 4
-    vwap = sum(f.quantity * f.price for f in fills) / Decimal(10)
+    assert sum(quantity for quantity, _, _ in fills) == Decimal(10)
+    assert len({fill_id for _, _, fill_id in fills}) == 4
+    vwap = sum(quantity * price for quantity, price, _ in fills) / Decimal(10)
     assert done.avg_fill_price == vwap.quantize(Decimal("0.000001")).normalize()
     kinds = [
         a["type"]
@@ -177,7 +184,7 @@ def test_orders_fills_and_positions_survive_sigkill_and_restart(
     positions = brokerage.list_positions()
     fills = simulator.admin.fills()
     simulator.restart(kill=True)
-    assert brokerage.get(filled.brokerage_order_id) == filled
+    assert current(brokerage, filled) == filled
     assert brokerage.get_by_client_order_id(resting.client_order_id) == resting
     assert [o.brokerage_order_id for o in brokerage.list_open_orders()] == [
         resting.brokerage_order_id
@@ -315,11 +322,11 @@ def test_limit_orders_fill_only_when_the_price_crosses(
     sell = brokerage.submit(limit("IBM", "2", Side.SELL, "160"))
     assert (buy.status, sell.status) == ("new", "new")
     admin.set_price("IBM", "139.5")
-    filled = wait_for(lambda: (o := brokerage.get(buy.brokerage_order_id)).status == "filled" and o)
+    filled = wait_for(lambda: (o := current(brokerage, buy)).status == "filled" and o)
     assert filled.avg_fill_price == Decimal("139.5")
-    assert brokerage.get(sell.brokerage_order_id).status == "new"
+    assert current(brokerage, sell).status == "new"
     admin.set_price("IBM", "161")
-    wait_for(lambda: brokerage.get(sell.brokerage_order_id).status == "filled")
+    wait_for(lambda: current(brokerage, sell).status == "filled")
     assert position(brokerage, "IBM") == (Decimal(1), Decimal("139.5"))
 
 
@@ -331,9 +338,9 @@ def test_day_orders_expire_at_session_end_and_gtc_orders_do_not(
     day = brokerage.submit(limit("ORCL", "1", Side.BUY, "50", tif=Tif.DAY))
     gtc = brokerage.submit(limit("ORCL", "1", Side.BUY, "50", tif=Tif.GTC))
     assert simulator.admin.session_end() >= 1
-    expired = brokerage.get(day.brokerage_order_id)
+    expired = current(brokerage, day)
     assert (expired.status, expired.state) == ("expired", OrderState.CANCELLED)
-    assert brokerage.get(gtc.brokerage_order_id).status == "new"
+    assert current(brokerage, gtc).status == "new"
 
 
 def test_day_orders_expire_after_the_configured_day_length(simulator_factory: Factory) -> None:
@@ -341,7 +348,7 @@ def test_day_orders_expire_after_the_configured_day_length(simulator_factory: Fa
     sim.admin.set_price("ORCL", "100")
     brokerage = sim.brokerage()
     day = brokerage.submit(limit("ORCL", "1", Side.BUY, "50", tif=Tif.DAY))
-    wait_for(lambda: brokerage.get(day.brokerage_order_id).status == "expired")
+    wait_for(lambda: current(brokerage, day).status == "expired")
 
 
 def test_reject_rate_one_rejects_every_order(simulator_factory: Factory) -> None:
@@ -372,7 +379,8 @@ def test_positions_changed_behind_our_back_show_up(
     assert position(brokerage, "GME") == (Decimal(5), Decimal(20))
     simulator.admin.adjust_position("GME", target_qty=0)
     assert position(brokerage, "GME") is None
-    assert brokerage.list_fills() == []  # adjustments are not order fills
+    # Adjustments are not order fills: Alpaca's fill activities do not list them.
+    assert simulator.admin.http.get("/v2/account/activities/FILL").json() == []
 
 
 def test_plain_alpaca_py_client_buys_10_aapl_and_sees_the_position(simulator: Simulator) -> None:

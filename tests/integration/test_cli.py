@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 from arbiter.commands.registry import register
 from core.settings import get_settings
 from core.signals import Signal, client_order_id_for
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.models import (
     ConflictLog,
@@ -104,7 +104,8 @@ def make_order(
             signal, require_strategy(uow.session, strategy), actor="test"
         )
         for state in path:
-            manager.transition(order, state, reason=f"test: {state.value}", actor="test")
+            manager.transition(order, state, reason=f"test: {state.value}", actor="test",
+                cause=TransitionCause.OPERATOR)
         uow.commit()
         return order.id
 
@@ -537,7 +538,7 @@ def test_kill_switch_cancel_open_cancels_live_orders_at_the_brokerage(
             order,
             S.ORDER_SENT,
             reason="sent",
-            actor="test",
+            actor="test", cause=TransitionCause.OPERATOR,
             brokerage_order_id=live.brokerage_order_id,
         )
         uow.commit()
@@ -789,7 +790,7 @@ def test_orders_cancel_at_the_brokerage(cli: Invoke, db: Database, simulator: Si
         )  # fmt: skip
         OrderManager(uow.session).transition(
             order, S.ORDER_SENT, reason="sent", actor="test",
-            brokerage_order_id=live.brokerage_order_id,
+            cause=TransitionCause.BROKERAGE_REPORT, brokerage_order_id=live.brokerage_order_id,
         )  # fmt: skip
         coid = order.client_order_id
         uow.commit()

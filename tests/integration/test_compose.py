@@ -1,4 +1,5 @@
-"""docker-compose.yml: the services the SPEC lists, wired and guarded, with no secret defaults."""
+"""docker-compose.yml: postgres, redis, migrate, worker, beat, flower and the simulator, wired
+and guarded, with no secret defaults."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,13 @@ import redis
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
+from core.brokerage import Side
+from core.conflicts import Resolution
 from core.errors import InvalidInput
+from core.event_payloads import ConflictDecided, EventPayload, OrderTransitioned, PositionChanged
 from core.events import Event, EventType, channel_for
 from core.settings import get_settings
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.event_history import events_after, list_events, purge_older_than
 from db.models import EventRecord
@@ -50,10 +55,32 @@ def wait_for(condition: Callable[[], bool], timeout: float = WAIT_S, what: str =
         time.sleep(0.02)
 
 
+def sample_payload(type_: EventType) -> EventPayload:
+    """A valid payload of `type_` (the outbox refuses any other)."""
+    if type_ is EventType.CONFLICT_DETECTED:
+        return ConflictDecided(
+            ticker="AAPL", requesting_strategy_id=2, requesting_strategy_name="meanrev",
+            requesting_priority=50, owning_strategy_id=1, owning_strategy_name="momentum",
+            owning_priority=100, action=Side.BUY, resolution=Resolution.BLOCKED,
+            reasoning="momentum holds AAPL locked")
+    if type_ is EventType.POSITION_UPDATED:
+        return PositionChanged(
+            side=Side.BUY, fill_quantity=Decimal(5), fill_price=Decimal(10),
+            quantity=Decimal(10), avg_cost=Decimal(10), realized_pnl=Decimal(0))
+    target = {EventType.ORDER_SENT: OrderState.ORDER_SENT,
+              EventType.ORDER_PARTIALLY_FILLED: OrderState.PARTIAL_FILLED,
+              EventType.ORDER_FILLED: OrderState.FULLY_FILLED,
+              EventType.ORDER_CANCELLED: OrderState.CANCELLED}[type_]
+    return OrderTransitioned(from_state=OrderState.ORDER_SENT, to_state=target, reason=None,
+                             filled_quantity=Decimal(0), avg_fill_price=None,
+                             cause=TransitionCause.BROKERAGE_REPORT)
+
+
 def event(type_: EventType = EventType.ORDER_SENT, **fields: Any) -> Event:
     fields.setdefault("order_id", 1)
     fields.setdefault("strategy", "momentum")
     fields.setdefault("ticker", "AAPL")
+    fields.setdefault("payload", sample_payload(type_).to_wire())
     return Event(type=type_, **fields)
 
 
@@ -157,7 +184,7 @@ def test_committed_events_are_in_history_and_on_pubsub_in_commit_order(
     sent += commit(database, event(EventType.ORDER_SENT, order_id=8))
     sent += commit(database, event(EventType.ORDER_PARTIALLY_FILLED, order_id=7),
                    event(EventType.POSITION_UPDATED, order_id=7))
-    sent += commit(database, event(EventType.ORDER_FILLED, order_id=7, payload={"qty": "10"}))
+    sent += commit(database, event(EventType.ORDER_FILLED, order_id=7))
 
     received = listener.collect(len(sent))
     assert [e for _, e in received] == sent
@@ -226,7 +253,7 @@ def test_event_of_a_process_killed_between_commit_and_publish_is_published_by_th
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "database = Database(sys.argv[1], after_commit=crash)\n"
         "with database.unit_of_work() as uow:\n"
-        "    event = emit(uow.session, Event(type=EventType.ORDER_FILLED, order_id=42))\n"
+        "    event = emit(uow.session, Event(type=EventType.RISK_ALERT, order_id=42))\n"
         "    print(event.id, flush=True)\n"
         "    uow.commit()\n"
     )
@@ -264,14 +291,14 @@ def test_plain_redis_cli_subscriber_sees_the_json_envelope(
         while next_line() != channel:  # "subscribe", channel, 1
             pass
         next_line()
-        filled = commit(database, event(EventType.ORDER_FILLED, order_id=9,
-                                        payload={"filled_qty": "5"}))[0]
+        filled = commit(database, event(EventType.ORDER_FILLED, order_id=9))[0]
         while not next_line().startswith("{"):
             pass
         envelope = json.loads(seen[-1])
         assert envelope["id"] == str(filled.id)
         assert envelope["type"] == "order_filled"
-        assert envelope["payload"] == {"filled_qty": "5"}
+        assert envelope["payload"] == filled.payload
+        assert Event.model_validate(envelope).data() == filled.data()
         assert set(envelope) >= {"occurred_at", "source", "order_id", "strategy", "ticker",
                                  "schema_version"}
     finally:
@@ -533,3 +560,16 @@ def test_cli_publishes_external_events_and_refuses_bad_ones(
     result = cli("publish", "debate_started", "--source", "war-room", "--payload", "{oops")
     assert result.exit_code == 2 and "not valid JSON" in result.output
     assert len(stored(database)) == 1
+
+
+def test_cli_prints_every_types_payload_schema_as_one_json_object() -> None:
+    from arbiter.commands.events import app
+
+    result = CliRunner().invoke(app, ["schema", "--json"])
+    assert result.exit_code == 0, result.output
+    schemas = json.loads(result.stdout)
+    assert sorted(schemas) == sorted(t.value for t in EventType)
+    assert {"requesting_strategy_name", "owning_priority", "reasoning"} <= set(
+        schemas["order_blocked_by_conflict"]["properties"])
+    table = CliRunner().invoke(app, ["schema"])
+    assert table.exit_code == 0 and "position_stop_loss_triggered" in table.stdout

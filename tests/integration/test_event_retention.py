@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from typer.testing import CliRunner
 
 from beat_schedule import beat_schedule
 from core.errors import InvalidInput
+from core.event_payloads import OrderTransitioned
 from core.events import Event, EventType
 from core.settings import Settings, get_settings
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.event_history import count_purgeable, purge_cutoff, purge_history
 from db.models import EventRecord
@@ -34,8 +37,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def add_events(db: Database, days_ago: float, count: int, *, published: bool) -> set[str]:
     """`count` events that occurred `days_ago` days ago, published or still owed."""
     occurred = datetime.now(UTC) - timedelta(days=days_ago)
-    events = [Event(type=EventType.ORDER_SENT, order_id=1, strategy="trading", ticker="AAPL",
-                    occurred_at=occurred) for _ in range(count)]
+    sent = OrderTransitioned(from_state=OrderState.ORDER_PENDING, to_state=OrderState.ORDER_SENT,
+                             reason="accepted", filled_quantity=Decimal(0), avg_fill_price=None,
+                             cause=TransitionCause.BROKERAGE_REPORT)  # fmt: skip
+    events = [Event.of(EventType.ORDER_SENT, sent, order_id=1, strategy="trading",
+                       ticker="AAPL", occurred_at=occurred) for _ in range(count)]  # fmt: skip
     with db.unit_of_work() as uow:
         for item in events:
             emit(uow.session, item)

@@ -25,7 +25,7 @@ from core.events import Event, EventType, channel_for
 from core.risk import RiskLimits
 from core.settings import Settings
 from core.signing import sign
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.kill_switch import set_kill_switch
 from db.models import EventRecord, Order, ReviewItem
@@ -228,7 +228,7 @@ def test_a_stalled_sweep_an_hour_ahead_redrives_nothing_young(
 ) -> None:
     built = build_order(db, to=S.VALIDATING)
     worker_clock(timedelta(hours=1))
-    assert recovery.recover_stalled(db, stalled_after_s=30) == []
+    assert recovery.find_stalled(db, stalled_after_s=30).redrive == []
     assert order_row(db, built.id).state == S.VALIDATING.value
 
 
@@ -240,7 +240,11 @@ def test_an_order_failed_here_but_open_at_the_brokerage_is_cancelled_there_and_f
     broker_id = place(db, brokerage, built)  # the POST landed late...
     with db.unit_of_work() as uow:  # ...after the order was failed as never received
         OrderManager(uow.session).transition(
-            built.id, S.FAILED, reason=reconciliation.NEVER_RECEIVED, actor="test"
+            built.id,
+            S.FAILED,
+            reason=reconciliation.NEVER_RECEIVED,
+            actor="test",
+            cause=TransitionCause.RECONCILIATION,
         )
         uow.commit()
 
@@ -315,6 +319,13 @@ def test_a_pending_signal_resent_too_often_becomes_a_dead_letter_not_a_loop(
     with db.unit_of_work() as uow:
         items = uow.session.scalars(select(ReviewItem).where(ReviewItem.kind == "signal")).all()
         assert len(items) == 1 and "arb-never" in items[0].reason
+        dead = uow.session.scalars(
+            select(EventRecord).where(EventRecord.type == EventType.ERROR_OCCURRED.value)
+        ).all()
+        assert [(e.client_order_id, e.payload["kind"]) for e in dead] == [
+            ("arb-never", "dead_letter")
+        ]
+        assert "arb-never" in dead[0].payload["error"]
 
 
 # -- 4. sweeps leave waiting work alone; flagged orders are never executed -----------------------

@@ -15,8 +15,10 @@ from adapters.notifier import AppriseNotifier
 from arbiter.report_render import to_html, to_markdown
 from core.brokerage import BrokerOrder, Side
 from core.errors import NotificationFailed
+from core.event_payloads import OrderTransitioned
 from core.events import Event, EventType
 from core.risk import RiskLimits
+from core.states import OrderState, TransitionCause
 from db import notifications as store
 from db.engine import Database
 from db.models import NotificationDelivery, Order
@@ -192,7 +194,11 @@ def test_env_urls_give_default_rules_until_an_operator_adds_one(
     with db.unit_of_work() as uow:
         emit(uow.session, Event(type=EventType.KILL_SWITCH_ACTIVATED, source="cli",
                                 payload={"reason": "drill 2"}))  # fmt: skip
-        emit(uow.session, Event(type=EventType.ORDER_FILLED, source="x", payload={}))
+        filled = OrderTransitioned(
+            from_state=OrderState.ORDER_SENT, to_state=OrderState.FULLY_FILLED, reason=None,
+            filled_quantity=Decimal(1), avg_fill_price=Decimal(1),
+            cause=TransitionCause.BROKERAGE_REPORT)
+        emit(uow.session, Event.of(EventType.ORDER_FILLED, filled, source="x"))
         uow.commit()
     result = _dispatch(db, [receiver.url])
     assert len(result.new) == 1  # the kill switch, not the fill

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from adapters.alpaca import AlpacaBrokerage
 from core.errors import InvalidInput, OrderNotOpen
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.models import EventRecord, Fill, Order, OrderTransition, Position, TickerOwnership
 from db.order_manager import OrderManager
@@ -94,7 +94,9 @@ def test_a_cancel_of_a_final_order_is_a_clear_error_naming_its_state(
 ) -> None:
     built = build_order(db, to=S.ORDER_PENDING)
     with db.unit_of_work() as uow:
-        OrderManager(uow.session).transition(built.id, final, reason="test", actor="t")
+        OrderManager(uow.session).transition(
+            built.id, final, reason="test", actor="t", cause=TransitionCause.BROKERAGE_REPORT
+        )
         uow.commit()
     with pytest.raises(OrderNotOpen, match=f"it is {final.value}"):
         cancel_order(db, shared_brokerage, built.id, requested_by="cli")
@@ -133,7 +135,8 @@ def test_a_cancel_that_a_fill_beat_books_the_fill(
     broker_id = place(db, brokerage, built)
     with db.unit_of_work() as uow:
         OrderManager(uow.session).transition(
-            built.id, S.ORDER_SENT, reason="accepted", actor="t", brokerage_order_id=broker_id
+            built.id, S.ORDER_SENT, reason="accepted", actor="t", brokerage_order_id=broker_id,
+            cause=TransitionCause.BROKERAGE_REPORT,
         )
         uow.commit()
     wait_for(lambda: simulator.admin.orders(built.client_order_id)[0]["status"] == "filled")
@@ -174,7 +177,8 @@ def _resting_limit(db: Database, sim: Simulator, brokerage: AlpacaBrokerage, tic
     broker_id = place(db, brokerage, built)
     with db.unit_of_work() as uow:
         OrderManager(uow.session).transition(
-            built.id, S.ORDER_SENT, reason="accepted", actor="t", brokerage_order_id=broker_id
+            built.id, S.ORDER_SENT, reason="accepted", actor="t", brokerage_order_id=broker_id,
+            cause=TransitionCause.BROKERAGE_REPORT,
         )
         uow.commit()
     return order_row(db, built.id)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.errors import InvalidTransition
 from core.signals import Signal
-from core.states import OrderState, is_valid_path
+from core.states import OrderState, TransitionCause, is_valid_path
 from db.engine import Database, normalise_url
 from db.migrate import downgrade, upgrade
 from db.models import EventRecord, Order, OrderTransition, Strategy, TickerOwnership
@@ -105,7 +105,8 @@ def test_each_transition_writes_state_one_audit_row_and_its_events(db: Database)
     path = [S.VALIDATING, S.ORDER_PENDING, S.ORDER_SENT, S.PARTIAL_FILLED, S.FULLY_FILLED]
     for step, target in enumerate(path, start=2):
         with db.unit_of_work() as uow:
-            OrderManager(uow.session).transition(order_id, target, reason="test", actor="test")
+            OrderManager(uow.session).transition(order_id, target, reason="test", actor="test",
+                cause=TransitionCause.OPERATOR)
             uow.commit()
         state, audits, _ = _counts(db, order_id)
         assert (state, audits) == (target.value, step)
@@ -133,7 +134,8 @@ def test_an_invalid_transition_raises_and_writes_nothing(db: Database) -> None:
         db.unit_of_work() as uow,
         pytest.raises(InvalidTransition, match="SIGNAL_RECEIVED -> FULLY_FILLED"),
     ):
-        OrderManager(uow.session).transition(order_id, S.FULLY_FILLED, reason="x", actor="t")
+        OrderManager(uow.session).transition(order_id, S.FULLY_FILLED, reason="x", actor="t",
+            cause=TransitionCause.OPERATOR)
     assert _counts(db, order_id) == before
 
 
@@ -176,7 +178,7 @@ def test_a_second_primary_owner_for_a_ticker_fails_at_the_database(db: Database)
         uow.commit()
     with db.unit_of_work() as uow:
         uow.session.add(TickerOwnership(ticker="MSFT", strategy_id=ids[1]))
-        with pytest.raises(IntegrityError, match="uq_ticker_ownership_one_primary"):
+        with pytest.raises(IntegrityError, match="uq_ticker_ownership_one_owner"):
             uow.session.flush()
 
 
@@ -192,6 +194,7 @@ def _walk(url: str, order_id: int, targets: list[str], barrier: object) -> list[
                     S(target),
                     reason="race",
                     actor=f"proc-{multiprocessing.current_process().name}",
+                    cause=TransitionCause.OPERATOR,
                 )
                 uow.commit()
                 applied.append(target)
@@ -208,7 +211,8 @@ def test_two_processes_transitioning_one_order_serialise_without_lost_updates(
     with db.unit_of_work() as uow:
         manager = OrderManager(uow.session)
         for target in (S.VALIDATING, S.ORDER_PENDING, S.ORDER_SENT):
-            manager.transition(order_id, target, reason="setup", actor="test")
+            manager.transition(order_id, target, reason="setup", actor="test",
+                cause=TransitionCause.OPERATOR)
         uow.commit()
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Manager().Barrier(2)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from core.brokerage import Side
 from core.errors import InvalidInput, InvalidTransition
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.models import ConflictLog, EventRecord, Order, Position, ReviewItem, TickerOwnership
 from db.order_manager import OrderManager
@@ -163,7 +163,8 @@ def test_review_corrects_a_cancelled_order_that_the_brokerage_filled(db: Databas
     built = build_order(db, to=S.ORDER_SENT, quantity="10")
     with db.unit_of_work() as uow:
         manager = OrderManager(uow.session)
-        manager.transition(built.id, S.CANCELLED, reason="operator", actor="t")
+        manager.transition(built.id, S.CANCELLED, reason="operator", actor="t",
+                           cause=TransitionCause.OPERATOR)
         order = manager.update(built.id, filled_quantity=Decimal(10), avg_fill_price=Decimal(5))
         manager.flag_for_review(order, "brokerage reports filled for a CANCELLED order", actor="t")
         uow.commit()

@@ -1,5 +1,5 @@
 """Pipeline steps on real Postgres, without Celery: each risk rule, the kill switch, malformed
-and unknown input, and the ownership rules of SPEC §2."""
+and unknown input, and the ownership rules (one owner per ticker, priority and locks)."""
 
 from __future__ import annotations
 

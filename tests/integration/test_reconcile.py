@@ -18,15 +18,15 @@ from core.brokerage import OrderRequest, Side
 from core.events import EventType
 from core.settings import Settings
 from core.signals import Signal
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
-from db.models import EventRecord, Fill, Order, Position, ReviewItem
+from db.models import EventRecord, Fill, Order, OrderTransition, Position, ReviewItem
 from db.order_manager import OrderManager
 from db.ownership import claim, current_owner
 from db.strategies import strategy_by_name
 from service_layer.position_check import reconcile_positions
 from service_layer.reconciliation import NEVER_RECEIVED, reconcile_open_orders
-from service_layer.recovery import MAX_REDRIVES, expire_ownership, recover_stalled, startup_recovery
+from service_layer.recovery import MAX_REDRIVES, expire_ownership, find_stalled, startup_recovery
 from service_layer.submission import request_for
 from tests.fixtures.simulator import Simulator, wait_for
 
@@ -77,7 +77,8 @@ def build_order(
             changes = {}
             if state is S.ORDER_SENT:
                 changes["brokerage_order_id"] = brokerage_order_id
-            manager.transition(order, state, reason="test", actor=ACTOR, **changes)
+            manager.transition(order, state, reason="test", actor=ACTOR,
+                cause=TransitionCause.OPERATOR, **changes)
         if attempts:
             manager.update(
                 order,
@@ -116,7 +117,8 @@ def sent_order(
     broker_id = place(db, brokerage, built)
     with db.unit_of_work() as uow:
         OrderManager(uow.session).transition(
-            built.id, S.ORDER_SENT, reason="accepted", actor=ACTOR, brokerage_order_id=broker_id
+            built.id, S.ORDER_SENT, reason="accepted", actor=ACTOR,
+                cause=TransitionCause.BROKERAGE_REPORT, brokerage_order_id=broker_id
         )
         uow.commit()
     return built, broker_id
@@ -141,8 +143,10 @@ def many_sent_orders(
                 }
             )
             order, _ = manager.create_from_signal(signal, strategy, actor=ACTOR)
-            manager.transition(order, S.VALIDATING, reason="test", actor=ACTOR)
-            manager.transition(order, S.ORDER_PENDING, reason="test", actor=ACTOR)
+            manager.transition(order, S.VALIDATING, reason="test", actor=ACTOR,
+                cause=TransitionCause.OPERATOR)
+            manager.transition(order, S.ORDER_PENDING, reason="test", actor=ACTOR,
+                cause=TransitionCause.OPERATOR)
             manager.update(order, submit_attempts=1, last_submit_at=datetime.now(UTC))
             orders.append(order)
         requests = [request_for(o) for o in orders]
@@ -164,7 +168,7 @@ def many_sent_orders(
                 order.id,
                 S.ORDER_SENT,
                 reason="accepted",
-                actor=ACTOR,
+                actor=ACTOR, cause=TransitionCause.BROKERAGE_REPORT,
                 brokerage_order_id=broker_id,
             )
         uow.commit()
@@ -322,7 +326,8 @@ def test_a_fill_that_raced_our_cancel_is_applied_and_flagged(
     built, broker_id = sent_order(db, brokerage, ticker="AMD", quantity="4")
     with db.unit_of_work() as uow:  # Arbiter cancels (e.g. the kill switch) ...
         OrderManager(uow.session).transition(
-            built.id, S.CANCELLED, reason="kill switch", actor="cli"
+            built.id, S.CANCELLED, reason="kill switch", actor="cli",
+                cause=TransitionCause.KILL_SWITCH
         )
         uow.commit()
     simulator.admin.fill(broker_id)  # ... but the brokerage filled it first
@@ -337,6 +342,42 @@ def test_a_fill_that_raced_our_cancel_is_applied_and_flagged(
     assert count(db, Fill, Fill.order_id == built.id) == 1
     assert count(db, ReviewItem, ReviewItem.order_id == built.id) == 1
     assert our_positions(db) == {"AMD": Decimal(4)}
+
+
+def test_a_cancel_the_brokerage_reported_is_not_watched_whoever_reconciled_it(
+    db: Database, simulator: Simulator, brokerage: AlpacaBrokerage
+) -> None:
+    """The audit row records the brokerage's word as the cause, so an operator's
+    `arbiter reconcile` (actor cli.reconcile) settles a cancel exactly as the beat does."""
+    simulator.admin.pause_fills()
+    built, broker_id = sent_order(db, brokerage, ticker="CSCO", quantity="3")
+    brokerage.cancel(broker_id)
+
+    assert reconcile(db, brokerage, actor="cli.reconcile").transitioned == 1
+
+    with db.unit_of_work() as uow:
+        audit = uow.session.scalars(
+            select(OrderTransition).where(OrderTransition.order_id == built.id)
+            .order_by(OrderTransition.id.desc())
+        ).first()
+    assert audit is not None
+    assert (audit.to_state, audit.actor, audit.cause) == (
+        S.CANCELLED.value, "cli.reconcile", TransitionCause.BROKERAGE_REPORT.value)
+    assert reconcile(db, brokerage).checked == 0  # settled: no longer asked about
+
+
+def test_a_cancel_arbiter_decided_stays_watched_for_late_fills(
+    db: Database, simulator: Simulator, brokerage: AlpacaBrokerage
+) -> None:
+    simulator.admin.pause_fills()
+    built, _ = sent_order(db, brokerage, ticker="ADBE", quantity="3")
+    with db.unit_of_work() as uow:
+        OrderManager(uow.session).transition(
+            built.id, S.CANCELLED, reason="operator cancelled", actor="cli.reconcile",
+            cause=TransitionCause.OPERATOR)
+        uow.commit()
+
+    assert reconcile(db, brokerage).checked == 1
 
 
 def test_a_brokerage_order_with_our_prefix_and_no_order_here_is_one_review_item(
@@ -391,10 +432,10 @@ def test_stalled_orders_are_listed_with_the_step_they_resume_from(db: Database) 
     pending = build_order(db, to=S.ORDER_PENDING)
     attempted = build_order(db, to=S.ORDER_PENDING, attempts=1)  # reconciliation's business
 
-    assert recover_stalled(db, stalled_after_s=30) == []
+    assert find_stalled(db, stalled_after_s=30).redrive == []
     for built in (received, validating, pending, attempted):
         backdate(db, built.id, 60)
-    later = recover_stalled(db, stalled_after_s=30)
+    later = find_stalled(db, stalled_after_s=30).redrive
 
     assert sorted(later) == [
         (received.id, "validate"),
@@ -409,7 +450,7 @@ def test_an_order_stalled_too_often_goes_to_review_instead(db: Database) -> None
     passes = []
     for _ in range(MAX_REDRIVES + 2):
         backdate(db, built.id, 60)
-        passes.append(recover_stalled(db, stalled_after_s=30))
+        passes.append(find_stalled(db, stalled_after_s=30).redrive)
 
     assert [len(p) for p in passes] == [1] * MAX_REDRIVES + [0, 0]
     order = order_row(db, built.id)
@@ -467,7 +508,8 @@ def test_stale_claims_are_released_and_live_ones_kept(
     build_order(db, to=S.ORDER_PENDING, ticker="ORCL", with_claim=True)  # live order: kept
     stale = build_order(db, to=S.ORDER_PENDING, ticker="INTC", with_claim=True)
     with db.unit_of_work() as uow:
-        OrderManager(uow.session).transition(stale.id, S.CANCELLED, reason="test", actor=ACTOR)
+        OrderManager(uow.session).transition(stale.id, S.CANCELLED, reason="test", actor=ACTOR,
+            cause=TransitionCause.OPERATOR)
         uow.commit()
 
     assert expire_ownership(db) == 1

@@ -1,7 +1,8 @@
-"""db/settlement.settle on Postgres under hypothesis-generated brokerage reports for one order:
-fills sliced, reports duplicated and reordered, the rest cancelled, Arbiter's own cancel racing
-a fill. Fills are booked exactly once, the audit trail is a valid path, and the filled quantity
-is the largest one reported. The pure twin: tests/unit/test_state_properties.py."""
+"""service_layer/settlement.settle on Postgres under hypothesis-generated brokerage reports
+for one order: fills sliced, reports duplicated and reordered, the rest cancelled, Arbiter's own
+cancel racing a fill. Fills are booked exactly once, the audit trail is a valid path, and the
+filled quantity is the largest one reported. The pure twin: tests/unit/test_state_properties.py,
+which drives the same plan (core/settlement.py) without a database."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from core.brokerage import BrokerOrder, Side
 from core.events import EventType
 from core.signals import Signal
-from core.states import OrderState, is_valid_path
+from core.states import OrderState, TransitionCause, is_valid_path
 from db.engine import Database
 from db.models import EventRecord, Fill, Order, OrderTransition, Position, Strategy
 from db.order_manager import OrderManager
@@ -65,8 +66,10 @@ def _pending_order(database: Database) -> int:
         strategy = uow.session.scalar(select(Strategy).where(Strategy.name == "trading"))
         manager = OrderManager(uow.session)
         order, _ = manager.create_from_signal(signal, strategy, actor=ACTOR)
-        manager.transition(order, S.VALIDATING, reason="test", actor=ACTOR)
-        manager.transition(order, S.ORDER_PENDING, reason="test", actor=ACTOR)
+        manager.transition(order, S.VALIDATING, reason="test", actor=ACTOR,
+            cause=TransitionCause.OPERATOR)
+        manager.transition(order, S.ORDER_PENDING, reason="test", actor=ACTOR,
+            cause=TransitionCause.OPERATOR)
         uow.commit()
         return order.id
 
@@ -92,7 +95,8 @@ def test_any_order_of_reports_books_each_fill_once_on_a_valid_path(
             order = manager.lock(order_id)
             if step == cancel_at and order.state in ("ORDER_PENDING", "ORDER_SENT",
                                                      "PARTIAL_FILLED"):
-                manager.transition(order, S.CANCELLED, reason="kill switch", actor=ACTOR)
+                manager.transition(order, S.CANCELLED, reason="kill switch", actor=ACTOR,
+                    cause=TransitionCause.KILL_SWITCH)
                 cancelled_with = order.filled_quantity
             settle(uow.session, order, snapshots[index], actor=ACTOR)
             uow.commit()

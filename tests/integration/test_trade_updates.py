@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from core.brokerage import BrokerOrder, Side
 from core.signals import Signal
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.models import Fill, Order, Strategy
 from db.order_manager import OrderManager
@@ -28,8 +28,10 @@ def _pending_order(db: Database, quantity: int = 10) -> str:
         strategy = uow.session.scalar(select(Strategy).where(Strategy.name == "trading"))
         manager = OrderManager(uow.session)
         order, _ = manager.create_from_signal(signal, strategy, actor="test")
-        manager.transition(order, S.VALIDATING, reason="test", actor="test")
-        manager.transition(order, S.ORDER_PENDING, reason="test", actor="test")
+        manager.transition(order, S.VALIDATING, reason="test", actor="test",
+                           cause=TransitionCause.VALIDATION)
+        manager.transition(order, S.ORDER_PENDING, reason="test", actor="test",
+                           cause=TransitionCause.CONFLICT_CHECK)
         uow.commit()
         return order.client_order_id
 

@@ -52,7 +52,7 @@ def check_invariants(
         positions: dict[str, Decimal] = defaultdict(Decimal)
         for p in s.scalars(select(Position)):
             positions[p.ticker] += p.quantity
-        ownership = list(s.scalars(select(TickerOwnership).where(TickerOwnership.is_primary)))
+        ownership = list(s.scalars(select(TickerOwnership)))
         events = list(
             s.execute(
                 select(

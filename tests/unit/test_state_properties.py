@@ -2,10 +2,11 @@
 
 A hypothesis state machine drives one order: the brokerage fills it in slices (and may cancel
 the rest, or fill after Arbiter cancelled on its own side, the cancel race); each snapshot it
-reports can be delivered any number of times, in any order. Arbiter's side applies a delivered
-report with the core only (`state_for_status`, `fill_increment`, `apply_fill`, the transition
-table), in the order db/settlement.settle uses them; the integration twin of this test,
-tests/integration/test_settlement_properties.py, runs the real settle on Postgres.
+reports can be delivered any number of times, in any order. Arbiter's side applies each
+delivered report through core/settlement.plan_settlement, the plan that
+service_layer/settlement.settle carries out, applying its steps to an in-memory order and
+position; the integration twin of this test, tests/integration/test_settlement_properties.py,
+runs the real settle on Postgres.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from hypothesis.stateful import (
 )
 
 from core.brokerage import BrokerOrder, Side, state_for_status
-from core.positions import PositionState, apply_fill, fill_increment
+from core.positions import PositionState, apply_fill
+from core.settlement import BookFill, Move, plan_settlement
 from core.states import TERMINAL_STATES, TRANSITIONS, OrderState, can_transition, is_valid_path
 
 S = OrderState
@@ -115,28 +117,16 @@ class OrderUnderReports(RuleBasedStateMachine):
         self.path.append(target)
 
     def _settle(self, report: BrokerOrder) -> None:
-        current, target = self.state, report.state
-        if current is S.ORDER_PENDING and target in (S.PARTIAL_FILLED, S.FULLY_FILLED):
-            self._move(S.ORDER_SENT)
-            current = S.ORDER_SENT
-        increment = fill_increment(self.filled, self.avg, report.filled_quantity,
-                                   report.avg_fill_price)
-        if increment is not None:
-            self.filled, self.avg = report.filled_quantity, report.avg_fill_price
-            self.position = apply_fill(self.position, self.side, increment.quantity,
-                                       increment.price)
-            self.increments.append(increment.quantity)
-        if current in TERMINAL_STATES:
-            if increment is not None or target not in (current, S.CANCELLED):
-                self.flagged.append(f"{report.status} for {current}")
-            return
-        if target is S.PARTIAL_FILLED and current is S.PARTIAL_FILLED and increment is None:
-            return
-        if target is not current or target is S.PARTIAL_FILLED:
-            if can_transition(current, target):
-                self._move(target)
-            elif target is not S.ORDER_SENT:
-                self.flagged.append(f"{report.status} cannot follow {current}")
+        for step in plan_settlement(self.state, self.filled, self.avg, report).steps:
+            if isinstance(step, Move):
+                self._move(step.target)
+            elif isinstance(step, BookFill):
+                self.filled, self.avg = step.filled_quantity, step.avg_fill_price
+                self.position = apply_fill(self.position, self.side, step.increment.quantity,
+                                           step.increment.price)
+                self.increments.append(step.increment.quantity)
+            else:
+                self.flagged.append(step.reason)
 
     # -- what must always hold ----------------------------------------------------------------
 

@@ -11,9 +11,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from core.errors import InvalidTransition
 from core.events import EventType, transition_event_type
 from core.states import (
+    BROKERAGE_CAUSES,
     TERMINAL_STATES,
     TRANSITIONS,
     OrderState,
+    TransitionCause,
     can_transition,
     check_transition,
     is_valid_path,
@@ -100,3 +102,49 @@ class RandomOrderLife(RuleBasedStateMachine):
 
 
 TestRandomOrderLife = RandomOrderLife.TestCase
+
+
+# -- named sets, causes and the events a move announces ------------------------------------------
+
+
+def test_the_terminal_states_are_the_four_final_outcomes() -> None:
+    assert {S.FULLY_FILLED, S.CANCELLED, S.REJECTED, S.FAILED} == TERMINAL_STATES
+
+
+def test_a_move_out_of_a_terminal_state_names_both_states() -> None:
+    with pytest.raises(InvalidTransition, match="FULLY_FILLED -> ORDER_SENT"):
+        check_transition(S.FULLY_FILLED, S.ORDER_SENT)
+
+
+def test_partial_fills_may_repeat() -> None:
+    assert can_transition(S.PARTIAL_FILLED, S.PARTIAL_FILLED)
+
+
+def test_a_pending_order_never_jumps_to_filled() -> None:
+    assert not can_transition(S.ORDER_PENDING, S.FULLY_FILLED)
+
+
+def test_the_happy_path_is_a_valid_path() -> None:
+    assert is_valid_path([S.IDLE, S.SIGNAL_RECEIVED, S.VALIDATING, S.ORDER_PENDING,
+                          S.ORDER_SENT, S.PARTIAL_FILLED, S.FULLY_FILLED])
+    assert not is_valid_path([S.IDLE, S.VALIDATING])
+
+
+def test_only_the_brokerages_word_settles_a_cancel_for_good() -> None:
+    assert {TransitionCause.BROKERAGE_REPORT} == BROKERAGE_CAUSES
+    assert TransitionCause.KILL_SWITCH not in BROKERAGE_CAUSES
+    assert TransitionCause.OPERATOR not in BROKERAGE_CAUSES
+
+
+def test_a_rejection_before_the_brokerage_saw_it_is_a_signal_rejection() -> None:
+    assert transition_event_type(S.VALIDATING, S.REJECTED) is EventType.SIGNAL_REJECTED
+    assert transition_event_type(S.SIGNAL_RECEIVED, S.REJECTED) is EventType.SIGNAL_REJECTED
+
+
+def test_a_rejection_after_submission_is_an_order_rejection() -> None:
+    assert transition_event_type(S.ORDER_PENDING, S.REJECTED) is EventType.ORDER_REJECTED
+    assert transition_event_type(S.ORDER_SENT, S.REJECTED) is EventType.ORDER_REJECTED
+
+
+def test_the_internal_step_to_order_pending_announces_nothing() -> None:
+    assert transition_event_type(S.VALIDATING, S.ORDER_PENDING) is None

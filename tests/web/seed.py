@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from core.signals import Signal
-from core.states import OrderState
+from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.models import ConflictLog, Order
 from db.order_manager import OrderManager
@@ -29,7 +29,13 @@ def order(
             signal, require_strategy(uow.session, strategy), actor="test"
         )
         if state is OrderState.REJECTED:
-            manager.transition(row, OrderState.REJECTED, reason="test rejection", actor="test")
+            manager.transition(
+                row,
+                OrderState.REJECTED,
+                reason="test rejection",
+                actor="test",
+                cause=TransitionCause.SIGNAL_INTAKE,
+            )
         uow.commit()
         return row.id
 

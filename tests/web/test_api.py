@@ -21,6 +21,7 @@ def test_strategy_priority_change_is_announced_with_who_changed_it(
                                "limits": {"max_order_quantity": "500"}}, headers=admin)  # fmt: skip
     assert response.status_code == 200, response.text
     body = response.json()
+    # Stored validated (core/strategy_config.py), shown as decimal strings (amounts exact).
     assert (body["priority"], body["lock_days"], body["limits"]) == (
         95, 2, {"max_order_quantity": "500"})  # fmt: skip
     events = api.get("/api/v1/events", params={"types": "strategy_updated"},
@@ -64,6 +65,13 @@ def test_bad_strategy_input_is_422_naming_the_field(api: TestClient, tokens: Tok
     ):
         response = api.patch("/api/v1/strategies/trading", json=body, headers=admin)
         assert response.status_code == 422, (body, response.text)
+    # Names match whole: a valid name inside a longer string is not one.
+    for bad in ("Trading", "trading!", "x trading"):
+        response = api.patch(f"/api/v1/strategies/{bad}", json={"priority": 1}, headers=admin)
+        assert response.status_code == 422, (bad, response.text)
+    created = api.post("/api/v1/strategies", json={"name": "ok_but-not", "priority": 1},
+                       headers=admin)  # fmt: skip
+    assert created.status_code == 422, created.text
 
 
 def test_ownership_map_history_release_and_transfer(

@@ -19,6 +19,8 @@ from core.signals import STRATEGY_PATTERN, TICKER_PATTERN, is_name
 from core.states import OrderState
 
 MAX_PAGE = 500
+# A strategy name for FastAPI/pydantic `pattern=`, which searches: anchored to match whole.
+STRATEGY_NAME_REGEX = rf"^(?:{STRATEGY_PATTERN.pattern})$"
 BIGINT_MAX = 2**63 - 1
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size (newest first)")]

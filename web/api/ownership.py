@@ -12,11 +12,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, func, select
 
-from core.signals import STRATEGY_PATTERN
 from db import ownership as ownership_store
 from db import strategies as strategy_store
 from db.models import ConflictLog, Position, TickerOwnership
-from web.api.common import Cursor, Limit, decode_cursor, page_body, respond, ticker_param
+from web.api.common import (
+    STRATEGY_NAME_REGEX,
+    Cursor,
+    Limit,
+    decode_cursor,
+    page_body,
+    respond,
+    ticker_param,
+)
 from web.auth import AdminAccess, ReadAccess
 from web.runtime import Rt
 
@@ -32,7 +39,7 @@ class Release(BaseModel):
 
 class Transfer(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    to_strategy: Annotated[str, Field(pattern=STRATEGY_PATTERN.pattern, max_length=64)]
+    to_strategy: Annotated[str, Field(pattern=STRATEGY_NAME_REGEX, max_length=64)]
     reason: Annotated[str, Field(min_length=1, max_length=500)] = "transferred in the web API"
 
 
@@ -70,7 +77,7 @@ def ownership_map(_: ReadAccess, rt: Rt) -> JSONResponse:
             select(TickerOwnership, Position.quantity)
             .outerjoin(Position, and_(Position.strategy_id == TickerOwnership.strategy_id,
                                       Position.ticker == TickerOwnership.ticker))
-            .where(TickerOwnership.is_primary, TickerOwnership.released_at.is_(None))
+            .where(TickerOwnership.released_at.is_(None))
             .order_by(TickerOwnership.ticker)
         ).tuples()  # fmt: skip
         items = [ownership_row(row, now, quantity or Decimal(0)) for row, quantity in rows]

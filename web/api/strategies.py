@@ -11,17 +11,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from core.signals import STRATEGY_PATTERN
 from core.strategies import Horizon
 from db import strategies as store
 from db.models import Strategy, TickerOwnership
-from web.api.common import respond
+from web.api.common import STRATEGY_NAME_REGEX, respond
 from web.auth import AdminAccess, Principal, ReadAccess
 from web.runtime import Rt, WebRuntime
 
 router = APIRouter(prefix="/strategies", tags=["strategies"])
 
-StrategyName = Annotated[str, Path(min_length=1, max_length=64, pattern=STRATEGY_PATTERN.pattern)]
+StrategyName = Annotated[str, Path(min_length=1, max_length=64, pattern=STRATEGY_NAME_REGEX)]
 PositiveNumber = Annotated[
     Decimal, Field(gt=0, lt=Decimal("1e12"), max_digits=24, decimal_places=9)
 ]
@@ -39,7 +38,7 @@ class Limits(BaseModel):
 
 class NewStrategy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(pattern=STRATEGY_PATTERN.pattern, max_length=64)]
+    name: Annotated[str, Field(pattern=STRATEGY_NAME_REGEX, max_length=64)]
     priority: Annotated[int, Field(ge=0, le=1_000_000)]
     horizon: Horizon
     display_name: Annotated[str, Field(min_length=1, max_length=128)] | None = None

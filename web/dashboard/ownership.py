@@ -30,7 +30,7 @@ def _map(rt: Any) -> dict[str, Any]:
             select(TickerOwnership, Position.quantity, Position.avg_cost)
             .outerjoin(Position, and_(Position.strategy_id == TickerOwnership.strategy_id,
                                       Position.ticker == TickerOwnership.ticker))
-            .where(TickerOwnership.is_primary, TickerOwnership.released_at.is_(None))
+            .where(TickerOwnership.released_at.is_(None))
             .order_by(TickerOwnership.ticker)
         ).tuples()  # fmt: skip
         items = []
