@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from core.event_payloads import ErrorOccurred, SystemChanged
 from core.events import Event, EventType
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from db import event_history
 from db.clock import db_now
 from db.engine import Database
@@ -83,8 +83,9 @@ def exclusive(name: str, timeout_s: float, client: redis.Redis | None = None) ->
 
 
 def _intervals() -> dict[str, float]:
-    """Each periodic task's interval (from settings, as the beat schedule uses them)."""
-    s = runtime().settings
+    """Each periodic task's interval (from settings, as the beat schedule uses them). Read
+    from the settings alone: taking a lock needs Redis, not the database."""
+    s = get_settings()
     return {
         routing.RECONCILE_ORDERS: s.reconcile_interval_s,
         routing.RECOVER_STALLED: s.recover_stalled_interval_s,
@@ -96,7 +97,7 @@ def _intervals() -> dict[str, float]:
 
 
 def _lock_timeout() -> float:
-    return float(runtime().settings.task_time_limit_s + 30)
+    return float(get_settings().task_time_limit_s + 30)
 
 
 @shared_task(name=routing.RECONCILE_ORDERS)
