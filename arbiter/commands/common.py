@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
-from enum import Enum
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -22,6 +20,7 @@ from sqlalchemy.exc import OperationalError as SqlOperationalError
 
 from bootstrap import Runtime, bootstrap
 from core.errors import ArbiterError, InvalidInput
+from core.jsonable import jsonable, plain_decimal
 from core.settings import Settings
 from core.states import OrderState
 from db.engine import Database, UnitOfWork
@@ -124,29 +123,6 @@ def parse_state(value: str) -> OrderState:
 
 
 # -- output ----------------------------------------------------------------------------------
-
-
-def plain_decimal(value: Decimal) -> str:
-    """`50`, `236.25`, `0`: no storage-scale trailing zeros, never an exponent."""
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
-
-
-def jsonable(value: Any) -> Any:
-    """Decimals as strings, datetimes as ISO 8601, containers recursively."""
-    if isinstance(value, Decimal):
-        return plain_decimal(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
 
 
 def print_json(value: Any) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from arbiter.commands import common
 from core.errors import InvalidInput
+from core.jsonable import plain_decimal
 from db.models import Order, ReviewItem
 from db.order_manager import OrderManager
 from service_layer import review_actions
@@ -103,8 +104,8 @@ def resolve(
                 actor=ACTOR,
             )
             outcome = (
-                f"{adjusted.strategy} now holds {common.plain_decimal(adjusted.after)} "
-                f"{adjusted.ticker} (was {common.plain_decimal(adjusted.before)})"
+                f"{adjusted.strategy} now holds {plain_decimal(adjusted.after)} "
+                f"{adjusted.ticker} (was {plain_decimal(adjusted.before)})"
             )
         elif item.order_id is not None:
             order = OrderManager(uow.session).resolve_review(

@@ -5,16 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
-from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Query
 from fastapi.responses import JSONResponse
 
+from core.jsonable import jsonable
 from core.signals import STRATEGY_PATTERN, TICKER_PATTERN, is_name
 from core.states import OrderState
 
@@ -29,28 +27,6 @@ Cursor = Annotated[
 ]
 Since = Annotated[datetime | None, Query(description="only rows at or after this time (ISO 8601)")]
 RowId = Annotated[int, "a positive 64-bit id"]
-
-
-def plain_decimal(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
-
-
-def jsonable(value: Any) -> Any:
-    """Decimals as strings (money stays exact), datetimes ISO 8601, containers recursively."""
-    if isinstance(value, Decimal):
-        return plain_decimal(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
 
 
 def respond(value: Any, status_code: int = 200) -> JSONResponse:
