@@ -16,6 +16,7 @@ Celery owns retries."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -59,11 +60,21 @@ _TICK = timedelta(microseconds=1)
 
 
 class _TimeoutSession(requests.Session):
-    """A requests session that never waits forever: alpaca-py passes no timeout of its own."""
+    """A requests session that never waits forever: alpaca-py passes no timeout of its own.
 
-    def __init__(self, timeout_s: float) -> None:
+    The environment's proxy and CA bundle settings for `url` are read once, here: requests
+    would otherwise scan the whole environment on every request, which cost the hot path
+    more than the rest of a brokerage call's Python (.netrc is not consulted: Alpaca
+    authenticates by headers)."""
+
+    def __init__(self, timeout_s: float, url: str) -> None:
         super().__init__()
         self.timeout_s = timeout_s
+        self.proxies.update(requests.utils.get_environ_proxies(url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self.verify = bundle
+        self.trust_env = False
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout_s)
@@ -260,7 +271,7 @@ class AlpacaBrokerage:
         self.page_size = page_size
         self.calls = 0
         self.client = TradingClient(api_key, secret_key, url_override=self.url)
-        self.client._session = _TimeoutSession(timeout_s)
+        self.client._session = _TimeoutSession(timeout_s, self.url)
         # alpaca-py sleeps and retries 429s itself (3 times, 3 s apart by default); with
         # _retry = 0 it makes one attempt and raises, and Celery decides about retrying.
         self.client._retry = 0

@@ -58,7 +58,7 @@ class AlpacaMarketData:
         self.feed = feed
         self.calls = 0
         self.client = StockHistoricalDataClient(api_key, secret_key, url_override=self.url)
-        self.client._session = _TimeoutSession(timeout_s)
+        self.client._session = _TimeoutSession(timeout_s, self.url)
         self.client._retry = 0  # one attempt: the caller decides what "no answer" means
         self.client._retry_wait = 0
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.event_payloads import KillSwitchToggled
 from core.events import Event, EventType
+from db.clock import remember_now
 from db.models import SystemFlag
 from db.outbox import emit
 
@@ -17,8 +19,12 @@ KILL_SWITCH = "kill_switch"
 
 
 def kill_switch(session: Session) -> dict[str, Any]:
-    flag = session.get(SystemFlag, KILL_SWITCH)
-    return flag.value if flag is not None else {"on": False}
+    """The switch's value. The database's clock comes in the same round trip (db/clock.py
+    keeps it for the transaction): the steps that read the switch go on to judge ages."""
+    flag = select(SystemFlag.value).where(SystemFlag.key == KILL_SWITCH).scalar_subquery()
+    value, now = session.execute(select(flag, func.now())).one()
+    remember_now(session, now)
+    return value if value is not None else {"on": False}
 
 
 def kill_switch_on(session: Session) -> bool:

@@ -137,6 +137,8 @@ class Order(Base):
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
     version: Mapped[int] = mapped_column(server_default="1")
+    # Read-only: loaded with the order's row lock (db/order_manager.py), never written through.
+    strategy: Mapped[Strategy | None] = relationship(viewonly=True)
 
     __mapper_args__ = {"version_id_col": version}
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction, joinedload
 
 from core.errors import ArbiterError
 from core.event_payloads import (
@@ -27,8 +27,8 @@ from core.events import Event, EventType, transition_event_type
 from core.signals import Signal
 from core.states import OrderState, TransitionCause, check_correction, check_transition
 from db.clock import db_now
-from db.models import Order, OrderTransition, ReviewItem, Strategy
-from db.outbox import emit
+from db.models import Order, ReviewItem, Strategy
+from db.outbox import emit, record
 
 _LOCKED = "arbiter_locked_orders"
 
@@ -56,8 +56,20 @@ class OrderNotFound(ArbiterError):
 
 def locked_orders(session: Session) -> list[Order]:
     """The orders this transaction holds locked (for log context, say)."""
-    ids = session.info.get(_LOCKED) or ()
-    return [order for i in ids if (order := session.get(Order, i)) is not None]
+    return list(_locked(session).values())
+
+
+def _locked(session: Session) -> dict[int, Order]:
+    """Order id -> the locked row. Held strongly: the session's identity map is weak, and a
+    row it dropped would cost a SELECT to get back."""
+    locked: dict[int, Order] = session.info.setdefault(_LOCKED, {})
+    return locked
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_locks(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the database transaction ended: its row locks with it
+        session.info.pop(_LOCKED, None)
 
 
 def order_event(order: Order, event_type: EventType, payload: EventPayload) -> Event:
@@ -80,14 +92,18 @@ class OrderManager:
 
     def lock(self, order_id: int) -> Order:
         """The order, row-locked until the caller's transaction ends."""
-        locked: set[int] = self.session.info.setdefault(_LOCKED, set())
-        if order_id in locked:
-            order = self.session.get(Order, order_id)
-        else:
-            order = self.session.get(Order, order_id, with_for_update=True, populate_existing=True)
+        locked = _locked(self.session)
+        # Its strategy comes in the same round trip (the lock covers the order's row only).
+        order = locked.get(order_id) or self.session.get(
+            Order,
+            order_id,
+            with_for_update={"of": Order},
+            populate_existing=True,
+            options=[joinedload(Order.strategy)],
+        )
         if order is None:
             raise OrderNotFound(f"order {order_id} does not exist")
-        locked.add(order_id)
+        locked[order_id] = order
         return order
 
     def lock_by_client_order_id(self, client_order_id: str) -> Order | None:
@@ -99,7 +115,7 @@ class OrderManager:
             .execution_options(populate_existing=True)
         )
         if order is not None:
-            self.session.info.setdefault(_LOCKED, set()).add(order.id)
+            _locked(self.session)[order.id] = order
         return order
 
     def find_by_client_order_id(self, client_order_id: str) -> Order | None:
@@ -168,7 +184,11 @@ class OrderManager:
         )
 
     def _insert_once(self, values: dict[str, Any], *, actor: str) -> tuple[Order, bool]:
-        values = {**values, "state": OrderState.IDLE.value}
+        # Born SIGNAL_RECEIVED: the row goes in with the state its first move gives it, and
+        # that move (IDLE -> SIGNAL_RECEIVED) is audited and announced as any other.
+        source, target, reason = OrderState.IDLE, OrderState.SIGNAL_RECEIVED, "signal received"
+        check_transition(source, target)
+        values = {**values, "state": target.value, "reason": reason}
         order = self.session.scalar(
             insert(Order)
             .values(**values)
@@ -181,13 +201,9 @@ class OrderManager:
                 raise OrderNotFound(f"no order for {values['client_order_id']}")
             return existing, False
         # Inserting it locked the row for this transaction: no SELECT ... FOR UPDATE needed.
-        self.session.info.setdefault(_LOCKED, set()).add(order.id)
-        self.transition(
-            order,
-            OrderState.SIGNAL_RECEIVED,
-            reason="signal received",
-            actor=actor,
-            cause=TransitionCause.SIGNAL_INTAKE,
+        _locked(self.session)[order.id] = order
+        self._record_move(
+            order, source, target, reason=reason, actor=actor, cause=TransitionCause.SIGNAL_INTAKE
         )
         return order, True
 
@@ -212,38 +228,50 @@ class OrderManager:
         order.state = target.value
         if reason is not None:
             order.reason = reason
-        self.session.add(
-            OrderTransition(
-                order_id=order.id,
-                from_state=source.value,
-                to_state=target.value,
-                reason=reason,
-                actor=actor,
-                cause=cause.value,
-            )
+        self._record_move(
+            order, source, target, reason=reason, actor=actor, cause=cause, events=events
         )
-        # No flush here: the audit row, events and the order's UPDATE go out together at the
-        # next flush (a query's autoflush or the commit), batched.
+        return order
+
+    def _record_move(
+        self,
+        order: Order,
+        source: OrderState,
+        target: OrderState,
+        *,
+        reason: str | None,
+        actor: str,
+        cause: TransitionCause,
+        events: Sequence[Event] = (),
+    ) -> None:
+        """The move's audit row, its announcing event (if it has one) and `events`."""
         event_type = transition_event_type(source, target)
-        if event_type is not None:
-            emit(
-                self.session,
-                order_event(
-                    order,
-                    event_type,
-                    OrderTransitioned(
-                        from_state=source,
-                        to_state=target,
-                        reason=reason,
-                        filled_quantity=order.filled_quantity,
-                        avg_fill_price=order.avg_fill_price,
-                        cause=cause,
-                    ),
+        announced = [
+            order_event(
+                order,
+                event_type,
+                OrderTransitioned(
+                    from_state=source,
+                    to_state=target,
+                    reason=reason,
+                    filled_quantity=order.filled_quantity,
+                    avg_fill_price=order.avg_fill_price,
+                    cause=cause,
                 ),
             )
-        for event in events:
-            emit(self.session, event)
-        return order
+        ] if event_type is not None else []
+        record(
+            self.session,
+            [*announced, *events],
+            audit={
+                "order_id": order.id,
+                "from_state": source.value,
+                "to_state": target.value,
+                "reason": reason,
+                "actor": actor,
+                "cause": cause.value,
+            },
+        )
 
     def request_cancel(self, order: Order | int, *, requested_by: str, actor: str) -> bool:
         """Record a cancel request on an order the brokerage holds (or may hold): the state
@@ -277,29 +305,28 @@ class OrderManager:
         check_correction(source, target)
         order.state = target.value
         order.reason = f"correction: {reason}"
-        self.session.add(
-            OrderTransition(
-                order_id=order.id,
-                from_state=source.value,
-                to_state=target.value,
-                reason=f"correction: {reason}",
+        corrected = order_event(
+            order,
+            EventType.ORDER_CORRECTED,
+            OrderCorrected(
+                from_state=source,
+                to_state=target,
+                reason=reason,
                 actor=actor,
-                cause=TransitionCause.CORRECTION.value,
-            )
-        )
-        emit(
-            self.session,
-            order_event(
-                order,
-                EventType.ORDER_CORRECTED,
-                OrderCorrected(
-                    from_state=source,
-                    to_state=target,
-                    reason=reason,
-                    actor=actor,
-                    filled_quantity=order.filled_quantity,
-                ),
+                filled_quantity=order.filled_quantity,
             ),
+        )
+        record(
+            self.session,
+            [corrected],
+            audit={
+                "order_id": order.id,
+                "from_state": source.value,
+                "to_state": target.value,
+                "reason": f"correction: {reason}",
+                "actor": actor,
+                "cause": TransitionCause.CORRECTION.value,
+            },
         )
         return order
 

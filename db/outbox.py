@@ -1,34 +1,100 @@
-"""Writing events into the outbox, in the caller's transaction."""
+"""Writing events and audit rows into the outbox, in the caller's transaction.
+
+`record` keeps a transaction's audit rows (order_transitions) and events in the session and
+writes them all in one statement just before the transaction commits, the rows as JSON arrays
+unpacked by Postgres. The text is fixed, so it is parsed once per connection and prepared; ORM
+objects or a multi-row VALUES statement (compiled afresh for every row count) for rows nobody
+reads back in the transaction would cost the hot path more than the rows themselves.
+
+Nothing in a writing transaction reads these tables back. Inside a savepoint they are written
+at once, so that rolling the savepoint back takes them with it; a rolled-back transaction
+takes its pending rows with it too.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+from sqlalchemy.orm import Session, SessionTransaction
 
 from core.events import Event, EventType, parse_payload
 from db.engine import PENDING_EVENTS
 from db.models import EventRecord
 
+_PENDING_ROWS = "arbiter_outbox_rows"
+_EVENT_COLUMNS = (
+    "id, type, occurred_at, source, order_id, client_order_id, strategy, ticker, payload, "
+    "schema_version"
+)
+_AUDIT_COLUMNS = "order_id, from_state, to_state, reason, actor, cause"
+_WRITE = text(
+    f"WITH audit AS (INSERT INTO order_transitions ({_AUDIT_COLUMNS}) SELECT {_AUDIT_COLUMNS}"
+    " FROM jsonb_to_recordset(CAST(:audits AS jsonb)) AS a(order_id bigint, from_state text,"
+    " to_state text, reason text, actor text, cause text))"
+    f" INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS}"
+    " FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(id uuid, type text,"
+    " occurred_at timestamptz, source text, order_id bigint, client_order_id text,"
+    " strategy text, ticker text, payload jsonb, schema_version int)"
+)
+
+
+@dataclass
+class _Pending:
+    audits: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
 
 def emit(session: Session, event: Event) -> Event:
     """Store `event` with the change being made; it is published once the caller commits.
     A payload its type's model refuses raises InvalidInput here, before anything is stored."""
-    parse_payload(event.type, event.payload)
-    session.add(
-        EventRecord(
-            id=event.id,
-            type=event.type.value,
-            occurred_at=event.occurred_at,
-            source=event.source,
-            order_id=event.order_id,
-            client_order_id=event.client_order_id,
-            strategy=event.strategy,
-            ticker=event.ticker,
-            payload=event.payload,
-            schema_version=event.schema_version,
-        )
-    )
-    session.info.setdefault(PENDING_EVENTS, []).append(event)
+    record(session, [event])
     return event
+
+
+def record(session: Session, events: Sequence[Event], audit: dict[str, Any] | None = None) -> None:
+    """Store `events` and, when given, one order_transitions row (`audit`: order_id,
+    from_state, to_state, reason, actor, cause) with the transaction. Every payload is checked
+    against its type's model first: nothing is stored otherwise."""
+    for event in events:
+        parse_payload(event.type, event.payload)
+    pending: _Pending = session.info.setdefault(_PENDING_ROWS, _Pending())
+    if audit is not None:
+        pending.audits.append(audit)
+    pending.events.extend(events)
+    session.info.setdefault(PENDING_EVENTS, []).extend(events)
+    if session.in_nested_transaction():
+        write_pending(session)
+
+
+def write_pending(session: Session) -> None:
+    """Write the rows `record` keeps, in one statement (on the connection: nothing pending in
+    the session needs flushing for them)."""
+    pending: _Pending | None = session.info.pop(_PENDING_ROWS, None)
+    if pending is None or not (pending.audits or pending.events):
+        return
+    session.connection().execute(
+        _WRITE,
+        {
+            "audits": json.dumps(pending.audits),
+            "events": "[" + ",".join(event.to_json() for event in pending.events) + "]",
+        },
+    )
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _write_before_commit(session: Session) -> None:
+    write_pending(session)
+
+
+@sa_event.listens_for(Session, "after_transaction_end")
+def _drop_with_transaction(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # committed (written above) or rolled back (void)
+        session.info.pop(_PENDING_ROWS, None)
 
 
 def record_to_event(record: EventRecord) -> Event:

@@ -31,8 +31,9 @@ _TICKER_LOCK_NAMESPACE = 0x4152  # "AR": keeps our advisory locks apart from any
 
 
 def lock_ticker(session: Session, ticker: str) -> None:
-    """Hold the ticker's lock until the transaction ends."""
-    session.execute(
+    """Hold the ticker's lock until the transaction ends (on the connection: nothing pending
+    in the session needs flushing for it)."""
+    session.connection().execute(
         text("SELECT pg_advisory_xact_lock(:ns, hashtext(:ticker))"),
         {"ns": _TICKER_LOCK_NAMESPACE, "ticker": ticker},
     )

@@ -20,12 +20,13 @@ def get_or_create_position(session: Session, strategy_id: int, ticker: str) -> P
     """The row, locked for update; created empty the first time. One round trip: an upsert
     whose no-op update takes the row lock and returns the row."""
     stmt = insert(Position).values(strategy_id=strategy_id, ticker=ticker)
-    position: Position | None = session.scalar(
-        stmt.on_conflict_do_update(
-            index_elements=["strategy_id", "ticker"], set_={"ticker": stmt.excluded.ticker}
-        ).returning(Position),
-        execution_options={"populate_existing": True},
-    )
+    with session.no_autoflush:  # a position depends on nothing pending in the session
+        position: Position | None = session.scalar(
+            stmt.on_conflict_do_update(
+                index_elements=["strategy_id", "ticker"], set_={"ticker": stmt.excluded.ticker}
+            ).returning(Position),
+            execution_options={"populate_existing": True},
+        )
     assert position is not None
     return position
 

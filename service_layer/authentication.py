@@ -28,9 +28,11 @@ def verify_signal(
     signature: Any,
     *,
     max_age_s: float,
+    now: float | None = None,
 ) -> str | None:
     """None when `signature` proves `signal` comes from `strategy`; else why not
-    ("unsigned", "stale: ...", "bad signature", ...)."""
+    ("unsigned", "stale: ...", "bad signature", ...). `now`: the database's clock in Unix
+    seconds, when the caller read it already."""
     if signal.strategy != strategy.name:
         return f"signal names {signal.strategy!r}, not {strategy.name!r}"
     return why_not_authentic(
@@ -38,6 +40,6 @@ def verify_signal(
         signal.to_message(),
         signed_at,
         signature,
-        now=db_epoch(session),
+        now=db_epoch(session) if now is None else now,
         max_age_s=max_age_s,
     )

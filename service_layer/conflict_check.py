@@ -35,7 +35,7 @@ def check_conflict(session: Session, order_id: int, *, actor: str) -> int:
         manager.transition(order, S.REJECTED, reason=reason, actor=actor, cause=C.CONFLICT_CHECK)
         return order.id
     lock_ticker(session, order.ticker)
-    strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
+    strategy = order.strategy
     owner_row = current_owner(session, order.ticker)
     decision = decide(
         _view(strategy) if strategy else None,

@@ -10,7 +10,14 @@ Bounded storage: before anything is written, the signal is counted against its b
 last minute (by the database's clock): its strategy's (`IntakeBounds.per_minute`), or, for
 everything that names no known, authenticated strategy, one shared untrusted bucket
 (`untrusted_per_minute`). Over the bound, nothing is written and intake returns None (the
-chain stops). Error texts are cut to MAX_ERROR characters.
+chain stops). The count takes no lock (a lock would make every intake of a strategy wait for
+the one before to commit), so intakes running at the same moment may each see room for the
+last place: the bound holds to within the number of intake processes. Error texts are cut to
+MAX_ERROR characters.
+
+A signal the database will not store (a constraint, a value out of range) aborts the
+transaction: `intake` raises Unstorable, and the caller records the refusal in a fresh one
+(`refuse_unstorable`), so the common path needs no savepoint.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from core.errors import InvalidSignal
+from core.errors import ArbiterError, InvalidSignal
 from core.signals import (
     SIGNAL_ID_PATTERN,
     STRATEGY_PATTERN,
@@ -35,15 +42,23 @@ from core.signals import (
 from core.signing import split
 from core.states import OrderState
 from core.states import TransitionCause as C
+from db.clock import DB_EPOCH
 from db.models import Order, Strategy
 from db.order_manager import OrderManager
-from db.strategies import strategy_by_name
 from service_layer.authentication import UNAUTHENTICATED, verify_signal
 
 log = logging.getLogger(__name__)
 S = OrderState
 MAX_ERROR = 500  # characters of an error text kept (it is stored on the order and its events)
 UNTRUSTED = "untrusted"
+
+
+class Unstorable(ArbiterError):
+    """The database refused the signal for good; the transaction is lost (roll it back)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -77,8 +92,11 @@ def intake(
     existing = manager.find_by_client_order_id(signal.client_order_id)
     if existing is not None:
         return existing.id
-    strategy = strategy_by_name(session, signal.strategy)
-    if strategy is None:
+    # The strategy and the database's clock (for the signature's age) in one round trip.
+    found = session.execute(
+        select(Strategy, DB_EPOCH).where(Strategy.name == signal.strategy)
+    ).one_or_none()
+    if found is None:
         if not _within(session, None, bounds.untrusted_per_minute):
             return None
         order, created = manager.create_from_signal(signal, None, actor=actor)
@@ -91,8 +109,15 @@ def intake(
                 cause=C.SIGNAL_INTAKE,
             )
         return order.id
+    strategy, db_epoch = found
     why = verify_signal(
-        session, strategy, signal, signed_at, signature, max_age_s=bounds.signal_max_age_s
+        session,
+        strategy,
+        signal,
+        signed_at,
+        signature,
+        max_age_s=bounds.signal_max_age_s,
+        now=float(db_epoch),
     )
     if why is not None:
         if not _within(session, None, bounds.untrusted_per_minute):
@@ -103,21 +128,28 @@ def intake(
     if not _within(session, strategy, bounds.per_minute):
         return None
     try:
-        with session.begin_nested():
-            order, _created = manager.create_from_signal(signal, strategy, actor=actor)
-            return order.id
+        order, _created = manager.create_from_signal(signal, strategy, actor=actor)
+        return order.id
     except (OperationalError, InterfaceError):
         raise  # transient: the task retries
     except DBAPIError as exc:
-        # The database will never take this signal (a constraint, a value out of range):
-        # rejected with the reason, so that it is neither retried nor resent for ever.
+        # The database will never take this signal (a constraint, a value out of range).
         cause = exc.orig or exc
         first_line = (str(cause).strip().splitlines() or [""])[0]
-        reason = f"cannot be stored: {type(cause).__name__}: {first_line}"
-        log.warning("signal %s refused by the database: %s", signal.client_order_id, reason)
-        return _refuse(
-            manager, raw, signal.strategy, f"unstorable-{message_id}"[:128], reason, actor
-        )
+        raise Unstorable(f"cannot be stored: {type(cause).__name__}: {first_line}") from exc
+
+
+def refuse_unstorable(
+    session: Session, raw: Any, reason: str, *, actor: str, message_id: str
+) -> int:
+    """Record, in a fresh transaction, the signal `intake` found Unstorable: REJECTED with the
+    reason, so that it is neither retried nor resent for ever."""
+    body = split(raw)[0] if isinstance(raw, dict) else raw
+    strategy = body.get("strategy") if isinstance(body, dict) else None
+    name = str(strategy) if is_name(STRATEGY_PATTERN, strategy) else "unknown"
+    log.warning("a signal of %s was refused by the database: %s", name, reason)
+    signal_id = f"unstorable-{message_id}"[:128]
+    return _refuse(OrderManager(session), raw, name, signal_id, reason, actor)
 
 
 def _refuse(
@@ -138,17 +170,18 @@ def _refuse(
 
 
 def _within(session: Session, strategy: Strategy | None, per_minute: int) -> bool:
-    """Room in the bucket for one more signal this minute. The bucket's advisory lock makes
-    count-then-insert exact: intakes of one bucket take turns until they commit."""
+    """Room in the bucket for one more signal this minute (counting stops at the bound, so a
+    flood costs no more to count than the bound itself)."""
     bucket = f"intake:{strategy.id if strategy is not None else UNTRUSTED}"
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(bucket))))
-    query = select(func.count()).select_from(Order)
-    query = query.where(Order.created_at > func.now() - text("interval '1 minute'"))
+    recent = select(Order.id).where(Order.created_at > func.now() - text("interval '1 minute'"))
     if strategy is None:
-        query = query.where(Order.strategy_id.is_(None))
+        recent = recent.where(Order.strategy_id.is_(None))
     else:
-        query = query.where(Order.strategy_name == strategy.name, Order.strategy_id == strategy.id)
-    count = int(session.scalar(query) or 0)
+        recent = recent.where(
+            Order.strategy_name == strategy.name, Order.strategy_id == strategy.id
+        )
+    counted = recent.limit(per_minute).subquery()
+    count = int(session.scalar(select(func.count()).select_from(counted)) or 0)
     if count >= per_minute:
         log.warning(
             "intake: %s is over %d signals a minute: dropped unrecorded", bucket, per_minute

@@ -180,7 +180,7 @@ def _book_fill(
     """Book the planned increment once (False: this cumulative fill was booked before)."""
     increment = step.increment
     assert order.ticker is not None and order.side is not None and order.strategy_id is not None
-    inserted = session.scalar(
+    inserted = session.connection().scalar(  # no autoflush: the fill depends on nothing pending
         insert(Fill)
         .values(
             order_id=order.id,

@@ -13,7 +13,6 @@ from core.events import EventType
 from core.risk import OrderFacts, RiskContext, RiskLimits, evaluate, first_failure
 from core.states import OrderState
 from core.states import TransitionCause as C
-from db.models import Strategy
 from db.order_manager import OrderManager, order_event
 from db.risk_counts import risk_snapshot
 
@@ -39,7 +38,7 @@ def validate(
         # Moved on, or flagged for review: a human decides, no step executes it.
         return order.id
     assert order.ticker is not None and order.quantity is not None
-    strategy = session.get(Strategy, order.strategy_id) if order.strategy_id else None
+    strategy = order.strategy
     facts = OrderFacts(order.ticker, order.quantity, order.limit_price, order.stop_price)
     world = risk_snapshot(session, order)
     market = reference_price(order.ticker) if order.limit_price is None else None
