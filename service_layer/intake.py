@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, literal, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -89,14 +89,10 @@ def intake(
         strategy_name, signal_id = _identity_of(raw, message_id)
         return _refuse(manager, raw, strategy_name, signal_id, f"malformed signal: {exc}", actor)
 
-    existing = manager.find_by_client_order_id(signal.client_order_id)
-    if existing is not None:
-        return existing.id
-    # The strategy and the database's clock (for the signature's age) in one round trip.
-    found = session.execute(
-        select(Strategy, DB_EPOCH).where(Strategy.name == signal.strategy)
-    ).one_or_none()
-    if found is None:
+    existing_id, strategy, db_epoch = _look_up(session, signal)
+    if existing_id is not None:
+        return existing_id
+    if strategy is None:
         if not _within(session, None, bounds.untrusted_per_minute):
             return None
         order, created = manager.create_from_signal(signal, None, actor=actor)
@@ -109,7 +105,6 @@ def intake(
                 cause=C.SIGNAL_INTAKE,
             )
         return order.id
-    strategy, db_epoch = found
     why = verify_signal(
         session,
         strategy,
@@ -167,6 +162,19 @@ def _refuse(
     if created:
         manager.transition(order, S.REJECTED, reason=reason, actor=actor, cause=C.SIGNAL_INTAKE)
     return order.id
+
+
+def _look_up(session: Session, signal: Signal) -> tuple[int | None, Strategy | None, float]:
+    """In one round trip: the order this signal made already (a redelivery), the strategy it
+    names, and the database's clock (for the signature's age)."""
+    existing = select(Order.id).where(Order.client_order_id == signal.client_order_id)
+    one_row = select(literal(1).label("one")).subquery()
+    row = session.execute(
+        select(existing.scalar_subquery(), Strategy, DB_EPOCH)
+        .select_from(one_row)
+        .outerjoin(Strategy, Strategy.name == signal.strategy)
+    ).one()
+    return row[0], row[1], float(row[2])
 
 
 def _within(session: Session, strategy: Strategy | None, per_minute: int) -> bool:

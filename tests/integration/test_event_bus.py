@@ -34,7 +34,7 @@ from core.states import OrderState, TransitionCause
 from db.engine import Database
 from db.event_history import events_after, list_events, purge_older_than
 from db.models import EventRecord
-from db.outbox import emit
+from db.outbox import emit, write_pending
 from db.publisher import EventPublisher, relay_unpublished
 from strategy_client.external_events import publish_external
 from strategy_client.subscriber import EventSubscriber
@@ -429,7 +429,7 @@ def test_subscriber_catches_up_after_redis_restarts_including_a_late_committer(
     # A transaction takes a lower seq, then commits after a later one was delivered.
     with database.unit_of_work() as slow:
         late = emit(slow.session, event(EventType.ORDER_SENT, order_id=100))
-        slow.session.flush()
+        write_pending(slow.session)  # the row goes in now, taking its seq; the commit waits
         early = commit(database, event(EventType.ORDER_SENT, order_id=101))[0]
         wait_for(lambda: received == [early], what="the early event, live")
 
