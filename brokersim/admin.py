@@ -62,7 +62,8 @@ async def set_faults(request: Request) -> JSONResponse:
 @router.get("/stream")
 async def stream_state(request: Request) -> JSONResponse:
     """How many trade_updates websocket connections are open."""
-    return JSONResponse({"connections": request.app.state.hub.count()})
+    hub = request.app.state.hub
+    return JSONResponse({"connections": hub.count(), "listening": hub.listening()})
 
 
 @router.post("/stream/drop")

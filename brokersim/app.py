@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokersim import admin, marketdata, routes, stream
 from brokersim.config import SimConfig
@@ -45,6 +47,68 @@ def build_engine(config: SimConfig) -> Engine:
     return Engine(store, PriceBook(config.seed), config, faults)
 
 
+class Guard:
+    """Auth on /v2 and /admin, then /v2's injected faults. Plain ASGI rather than
+    `@app.middleware("http")`, whose per-request task and body streaming cost the simulator
+    more CPU than the request itself (it shares the machine with what it serves)."""
+
+    def __init__(self, app: ASGIApp, *, engine: Engine, config: SimConfig) -> None:
+        self.app = app
+        self.engine = engine
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(("/v2", "/admin")):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        key = headers.get("APCA-API-KEY-ID", "")
+        secret = headers.get("APCA-API-SECRET-KEY", "")
+        if not (key and secret):
+            await JSONResponse(_UNAUTHORIZED, status_code=401)(scope, receive, send)
+            return
+        if not (
+            hmac.compare_digest(key, self.config.api_key)
+            and hmac.compare_digest(secret, self.config.api_secret)
+        ):
+            await JSONResponse(_UNAUTHORIZED, status_code=403)(scope, receive, send)
+            return
+        if path.startswith("/admin"):
+            await self.app(scope, receive, send)
+            return
+        await self._with_faults(scope, receive, send, path)
+
+    async def _with_faults(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        faults = self.engine.faults
+        knobs = faults.settings
+        if knobs.latency_ms:
+            await asyncio.sleep(knobs.latency_ms / 1000)
+        submission = scope["method"] in ("POST", "PATCH") and path.startswith("/v2/orders")
+        fault = faults.draw(order_submission=submission)
+        if fault is Fault.ERROR:
+            unavailable = _error(503, 50300000, "service unavailable (injected fault)")
+            await unavailable(scope, receive, send)
+            return
+        if fault is Fault.GARBAGE:
+            garbage = Response("<html><body>502 gateway hiccup", media_type="text/html")
+            await garbage(scope, receive, send)
+            return
+        if fault is not Fault.ACCEPT_THEN_TIMEOUT:
+            await self.app(scope, receive, send)
+            return
+        # The order is stored; the client gives up before it hears so.
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        await asyncio.sleep(knobs.hang_ms / 1000)
+        for message in held:
+            await send(message)
+
+
 def create_app(config: SimConfig) -> FastAPI:
     engine = build_engine(config)
 
@@ -71,38 +135,7 @@ def create_app(config: SimConfig) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
-        if not path.startswith(("/v2", "/admin")):
-            return await call_next(request)
-        key = request.headers.get("APCA-API-KEY-ID", "")
-        secret = request.headers.get("APCA-API-SECRET-KEY", "")
-        if not (key and secret):
-            return JSONResponse(_UNAUTHORIZED, status_code=401)
-        if not (
-            hmac.compare_digest(key, config.api_key)
-            and hmac.compare_digest(secret, config.api_secret)
-        ):
-            return JSONResponse(_UNAUTHORIZED, status_code=403)
-        if path.startswith("/admin"):
-            return await call_next(request)
-        knobs = engine.faults.settings
-        if knobs.latency_ms:
-            await asyncio.sleep(knobs.latency_ms / 1000)
-        submission = request.method in ("POST", "PATCH") and path.startswith("/v2/orders")
-        fault = engine.faults.draw(order_submission=submission)
-        if fault is Fault.ERROR:
-            return _error(503, 50300000, "service unavailable (injected fault)")
-        if fault is Fault.GARBAGE:
-            return Response("<html><body>502 gateway hiccup", media_type="text/html")
-        response = await call_next(request)
-        if fault is Fault.ACCEPT_THEN_TIMEOUT:
-            # The order is stored; the client gives up before it hears so.
-            await asyncio.sleep(knobs.hang_ms / 1000)
-        return response
+    app.add_middleware(Guard, engine=engine, config=config)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

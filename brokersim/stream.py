@@ -71,6 +71,11 @@ class Hub:
         with self._lock:
             return len(self._connections)
 
+    def listening(self) -> int:
+        """Connections past the listen handshake: the ones that receive trade updates."""
+        with self._lock:
+            return sum(1 for conn in self._connections if conn.listening)
+
     def drop_all(self) -> int:
         """Close every connection, as a network cut would; returns how many were open."""
         with self._lock:

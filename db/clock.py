@@ -17,7 +17,7 @@ def db_now(session: Session) -> datetime:
     """The database's current time (the transaction's start, as `now()` in SQL). Constant
     within a transaction, so asked once per transaction."""
     transaction = session.get_transaction()
-    known = session.info.get(_NOW)
+    known: tuple[object, datetime] | None = session.info.get(_NOW)
     if transaction is not None and known is not None and known[0] is transaction:
         return known[1]
     value: datetime | None = session.connection().scalar(select(func.now()))

@@ -115,7 +115,7 @@ def _fills_per_order(db: Database) -> dict[str, int]:
 
 
 def _wait_connections(sim: Simulator, count: int) -> None:
-    eventually(lambda: sim.admin.http.get("/admin/stream").json()["connections"] == count, 30)
+    eventually(lambda: sim.admin.http.get("/admin/stream").json()["listening"] == count, 30)
 
 
 def test_a_fill_is_booked_by_the_stream(
