@@ -18,11 +18,15 @@ from db.outbox import emit
 KILL_SWITCH = "kill_switch"
 
 
+_READ = select(
+    select(SystemFlag.value).where(SystemFlag.key == KILL_SWITCH).scalar_subquery(), func.now()
+)
+
+
 def kill_switch(session: Session) -> dict[str, Any]:
     """The switch's value. The database's clock comes in the same round trip (db/clock.py
     keeps it for the transaction): the steps that read the switch go on to judge ages."""
-    flag = select(SystemFlag.value).where(SystemFlag.key == KILL_SWITCH).scalar_subquery()
-    value, now = session.execute(select(flag, func.now())).one()
+    value, now = session.execute(_READ).one()
     remember_now(session, now)
     return value if value is not None else {"on": False}
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from core.states import OPEN_AT_BROKERAGE, TERMINAL_STATES, OrderState
@@ -28,9 +29,8 @@ _OPEN_STATES = [s.value for s in OrderState if s not in TERMINAL_STATES and s is
 _LIVE_STATES = [s.value for s in OPEN_AT_BROKERAGE]
 
 
-def risk_snapshot(session: Session, order: Order) -> RiskSnapshot:
-    """Everything pre-trade risk reads about the world, in one round trip."""
-    others = Order.id != order.id
+def _snapshot_statement() -> Select[Any]:
+    others = Order.id != bindparam("order_id")
     kill = (
         select(SystemFlag.value["on"].as_boolean())
         .where(SystemFlag.key == KILL_SWITCH)
@@ -39,20 +39,40 @@ def risk_snapshot(session: Session, order: Order) -> RiskSnapshot:
     open_orders = (
         select(func.count())
         .select_from(Order)
-        .where(Order.strategy_id == order.strategy_id, Order.state.in_(_OPEN_STATES), others)
+        .where(
+            Order.strategy_id == bindparam("strategy_id"),
+            Order.state.in_(_OPEN_STATES),
+            others,
+        )
         .scalar_subquery()
     )
     recent = (
         select(func.count())
         .select_from(Order)
         .where(
-            Order.strategy_name == order.strategy_name,
+            Order.strategy_name == bindparam("strategy_name"),
             Order.created_at >= func.now() - timedelta(minutes=1),
             others,
         )
         .scalar_subquery()
     )
-    row = session.execute(select(kill, open_orders, recent)).one()
+    return select(kill, open_orders, recent)
+
+
+# Built once: on the hot path, constructing the statement cost more than running it.
+_SNAPSHOT = _snapshot_statement()
+
+
+def risk_snapshot(session: Session, order: Order) -> RiskSnapshot:
+    """Everything pre-trade risk reads about the world, in one round trip."""
+    row = session.execute(
+        _SNAPSHOT,
+        {
+            "order_id": order.id,
+            "strategy_id": order.strategy_id,
+            "strategy_name": order.strategy_name,
+        },
+    ).one()
     return RiskSnapshot(bool(row[0]), row[1] or 0, row[2] or 0)
 
 

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, literal, select, text
+from sqlalchemy import bindparam, func, literal, select, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -164,15 +164,32 @@ def _refuse(
     return order.id
 
 
+# The hot path's statements are built once: constructing them cost more than running them.
+_LOOK_UP = (
+    select(
+        select(Order.id).where(Order.client_order_id == bindparam("coid")).scalar_subquery(),
+        Strategy,
+        DB_EPOCH,
+    )
+    .select_from(select(literal(1).label("one")).subquery())
+    .outerjoin(Strategy, Strategy.name == bindparam("strategy"))
+)
+_RECENT = select(Order.id).where(Order.created_at > func.now() - text("interval '1 minute'"))
+_COUNT_TRUSTED = select(func.count()).select_from(
+    _RECENT.where(Order.strategy_name == bindparam("name"), Order.strategy_id == bindparam("id"))
+    .limit(bindparam("bound"))
+    .subquery()
+)
+_COUNT_UNTRUSTED = select(func.count()).select_from(
+    _RECENT.where(Order.strategy_id.is_(None)).limit(bindparam("bound")).subquery()
+)
+
+
 def _look_up(session: Session, signal: Signal) -> tuple[int | None, Strategy | None, float]:
     """In one round trip: the order this signal made already (a redelivery), the strategy it
     names, and the database's clock (for the signature's age)."""
-    existing = select(Order.id).where(Order.client_order_id == signal.client_order_id)
-    one_row = select(literal(1).label("one")).subquery()
     row = session.execute(
-        select(existing.scalar_subquery(), Strategy, DB_EPOCH)
-        .select_from(one_row)
-        .outerjoin(Strategy, Strategy.name == signal.strategy)
+        _LOOK_UP, {"coid": signal.client_order_id, "strategy": signal.strategy}
     ).one()
     return row[0], row[1], float(row[2])
 
@@ -181,15 +198,12 @@ def _within(session: Session, strategy: Strategy | None, per_minute: int) -> boo
     """Room in the bucket for one more signal this minute (counting stops at the bound, so a
     flood costs no more to count than the bound itself)."""
     bucket = f"intake:{strategy.id if strategy is not None else UNTRUSTED}"
-    recent = select(Order.id).where(Order.created_at > func.now() - text("interval '1 minute'"))
     if strategy is None:
-        recent = recent.where(Order.strategy_id.is_(None))
+        counted = session.scalar(_COUNT_UNTRUSTED, {"bound": per_minute})
     else:
-        recent = recent.where(
-            Order.strategy_name == strategy.name, Order.strategy_id == strategy.id
-        )
-    counted = recent.limit(per_minute).subquery()
-    count = int(session.scalar(select(func.count()).select_from(counted)) or 0)
+        params = {"name": strategy.name, "id": strategy.id, "bound": per_minute}
+        counted = session.scalar(_COUNT_TRUSTED, params)
+    count = int(counted or 0)
     if count >= per_minute:
         log.warning(
             "intake: %s is over %d signals a minute: dropped unrecorded", bucket, per_minute
