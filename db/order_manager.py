@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, SessionTransaction, joinedload
 
@@ -84,6 +84,17 @@ def order_event(order: Order, event_type: EventType, payload: EventPayload) -> E
     )
 
 
+# The order row-locked, fresh from the database, with its strategy in the same round trip (the
+# lock covers the order's row only). Built once: it runs at every step of every signal.
+_LOCK = (
+    select(Order)
+    .options(joinedload(Order.strategy))
+    .where(Order.id == bindparam("id"))
+    .with_for_update(of=Order)
+    .execution_options(populate_existing=True)
+)
+
+
 class OrderManager:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -93,14 +104,7 @@ class OrderManager:
     def lock(self, order_id: int) -> Order:
         """The order, row-locked until the caller's transaction ends."""
         locked = _locked(self.session)
-        # Its strategy comes in the same round trip (the lock covers the order's row only).
-        order = locked.get(order_id) or self.session.get(
-            Order,
-            order_id,
-            with_for_update={"of": Order},
-            populate_existing=True,
-            options=[joinedload(Order.strategy)],
-        )
+        order = locked.get(order_id) or self.session.scalar(_LOCK, {"id": order_id})
         if order is None:
             raise OrderNotFound(f"order {order_id} does not exist")
         locked[order_id] = order

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from core.event_payloads import (
@@ -39,13 +39,13 @@ def lock_ticker(session: Session, ticker: str) -> None:
     )
 
 
+_CURRENT_OWNER = select(TickerOwnership).where(  # built once: the conflict check's hot path
+    TickerOwnership.ticker == bindparam("ticker"), TickerOwnership.released_at.is_(None)
+)
+
+
 def current_owner(session: Session, ticker: str) -> TickerOwnership | None:
-    return session.scalar(
-        select(TickerOwnership).where(
-            TickerOwnership.ticker == ticker,
-            TickerOwnership.released_at.is_(None),
-        )
-    )
+    return session.scalar(_CURRENT_OWNER, {"ticker": ticker})
 
 
 def _ownership_event(
