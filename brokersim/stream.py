@@ -77,10 +77,13 @@ class Hub:
             return sum(1 for conn in self._connections if conn.listening)
 
     def drop_all(self) -> int:
-        """Close every connection, as a network cut would; returns how many were open."""
+        """Close every connection, as a network cut would; returns how many were open. They
+        stop counting at once (a closing connection neither listens nor receives)."""
         with self._lock:
             connections = list(self._connections)
+            self._connections.clear()
         for conn in connections:
+            conn.listening = False
             conn.put(None)
         return len(connections)
 
