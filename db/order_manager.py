@@ -95,6 +95,25 @@ _LOCK = (
 )
 
 
+def audit_row(
+    order: Order,
+    source: OrderState,
+    target: OrderState,
+    reason: str | None,
+    actor: str,
+    cause: TransitionCause,
+) -> dict[str, Any]:
+    """One order_transitions row, as db.outbox.record writes it."""
+    return {
+        "order_id": order.id,
+        "from_state": source.value,
+        "to_state": target.value,
+        "reason": reason,
+        "actor": actor,
+        "cause": cause.value,
+    }
+
+
 class OrderManager:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -250,31 +269,28 @@ class OrderManager:
     ) -> None:
         """The move's audit row, its announcing event (if it has one) and `events`."""
         event_type = transition_event_type(source, target)
-        announced = [
-            order_event(
-                order,
-                event_type,
-                OrderTransitioned(
-                    from_state=source,
-                    to_state=target,
-                    reason=reason,
-                    filled_quantity=order.filled_quantity,
-                    avg_fill_price=order.avg_fill_price,
-                    cause=cause,
-                ),
-            )
-        ] if event_type is not None else []
+        announced = (
+            [
+                order_event(
+                    order,
+                    event_type,
+                    OrderTransitioned(
+                        from_state=source,
+                        to_state=target,
+                        reason=reason,
+                        filled_quantity=order.filled_quantity,
+                        avg_fill_price=order.avg_fill_price,
+                        cause=cause,
+                    ),
+                )
+            ]
+            if event_type is not None
+            else []
+        )
         record(
             self.session,
             [*announced, *events],
-            audit={
-                "order_id": order.id,
-                "from_state": source.value,
-                "to_state": target.value,
-                "reason": reason,
-                "actor": actor,
-                "cause": cause.value,
-            },
+            audit_row(order, source, target, reason, actor, cause),
         )
 
     def request_cancel(self, order: Order | int, *, requested_by: str, actor: str) -> bool:
@@ -320,18 +336,10 @@ class OrderManager:
                 filled_quantity=order.filled_quantity,
             ),
         )
-        record(
-            self.session,
-            [corrected],
-            audit={
-                "order_id": order.id,
-                "from_state": source.value,
-                "to_state": target.value,
-                "reason": f"correction: {reason}",
-                "actor": actor,
-                "cause": TransitionCause.CORRECTION.value,
-            },
+        audit = audit_row(
+            order, source, target, f"correction: {reason}", actor, TransitionCause.CORRECTION
         )
+        record(self.session, [corrected], audit)
         return order
 
     def update(self, order: Order | int, **changes: Any) -> Order:
@@ -393,4 +401,3 @@ class OrderManager:
             raise ValueError(f"OrderManager cannot change {sorted(unknown)}")
         for name, value in changes.items():
             setattr(order, name, value)
-
