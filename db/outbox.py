@@ -7,8 +7,8 @@ objects or a multi-row VALUES statement (compiled afresh for every row count) fo
 reads back in the transaction would cost the hot path more than the rows themselves.
 
 Nothing in a writing transaction reads these tables back. Inside a savepoint they are written
-at once, so that rolling the savepoint back takes them with it; a rolled-back transaction
-takes its pending rows with it too.
+at once, so that rolling the savepoint back takes them (and only them) with it; a rolled-back
+transaction takes its pending rows with it too.
 """
 
 from __future__ import annotations
@@ -62,26 +62,35 @@ def record(session: Session, events: Sequence[Event], audit: dict[str, Any] | No
     against its type's model first: nothing is stored otherwise."""
     for event in events:
         parse_payload(event.type, event.payload)
+    audits = [audit] if audit is not None else []
+    if session.in_nested_transaction():
+        # Written at once, so that rolling the savepoint back takes them with it; the relay
+        # publishes the events once the transaction has committed them.
+        _write(session, audits, events)
+        return
+    session.connection()  # begun now, so that a rollback ends it and drops these rows
     pending: _Pending = session.info.setdefault(_PENDING_ROWS, _Pending())
-    if audit is not None:
-        pending.audits.append(audit)
+    pending.audits.extend(audits)
     pending.events.extend(events)
     session.info.setdefault(PENDING_EVENTS, []).extend(events)
-    if session.in_nested_transaction():
-        write_pending(session)
 
 
 def write_pending(session: Session) -> None:
-    """Write the rows `record` keeps, in one statement (on the connection: nothing pending in
-    the session needs flushing for them)."""
+    """Write the rows `record` keeps, now (the commit does it otherwise)."""
     pending: _Pending | None = session.info.pop(_PENDING_ROWS, None)
-    if pending is None or not (pending.audits or pending.events):
+    if pending is not None:
+        _write(session, pending.audits, pending.events)
+
+
+def _write(session: Session, audits: Sequence[dict[str, Any]], events: Sequence[Event]) -> None:
+    """One statement, on the connection: nothing pending in the session needs flushing first."""
+    if not (audits or events):
         return
     session.connection().execute(
         _WRITE,
         {
-            "audits": json.dumps(pending.audits),
-            "events": "[" + ",".join(event.to_json() for event in pending.events) + "]",
+            "audits": json.dumps(list(audits)),
+            "events": "[" + ",".join(event.to_json() for event in events) + "]",
         },
     )
 
