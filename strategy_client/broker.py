@@ -51,6 +51,11 @@ def broker_config(url: str, visibility_timeout_s: int) -> dict[str, object]:
         # A task unacked for this long is redelivered to another worker. It must exceed the
         # longest task and any retry countdown, or a slow task would run twice.
         "visibility_timeout": visibility_timeout_s,
+        # Who redelivers it: each worker scans the unacked set every interval x throttle
+        # seconds (kombu's defaults, 10 x 10, leave a killed worker's message stranded for up
+        # to 100 s past the timeout). Every interval, and well inside a short timeout.
+        "unacked_restore_interval": restore_interval_s(visibility_timeout_s),
+        "unacked_restore_throttle": 1,
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
@@ -60,3 +65,8 @@ def broker_config(url: str, visibility_timeout_s: int) -> dict[str, object]:
         "broker_transport_options": transport,
         "task_queues": [Queue(name) for name in QUEUE_NAMES],
     }
+
+
+def restore_interval_s(visibility_timeout_s: int) -> int:
+    """Seconds between a Redis worker's scans for deliveries past the visibility timeout."""
+    return max(1, min(10, visibility_timeout_s // 4))

@@ -8,6 +8,13 @@ newest message of each pipeline queue (the list's head: kombu LPUSHes and BRPOPs
 tail) and each unacked delivery. The queue is first in, first out: when a message noted
 earlier reaches the tail (next to be taken), it has waited at least since it was noted. A
 message never noted has waited less than one sweep interval, which the caller adds.
+
+An unacked delivery is waiting only while a live worker could still be holding it: longer than
+the task time limit plus the longest retry backoff (`held_max_s`), no running worker holds a
+message. It was abandoned (its worker was killed or stopped, or its ack was lost while Redis
+was away) and waits only for the transport to restore it after the visibility timeout; counted
+as a backlog it would push the sweeps' thresholds up for as long as it sits there, so the
+orders it holds up would never be re-driven nor their signals resent.
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ def _message_id(raw: bytes | str | None) -> str | None:
         return "unreadable:" + str(hash(raw))
 
 
-def oldest_waiting_s(client: redis.Redis, queues: Iterable[str]) -> float | None:
+def oldest_waiting_s(
+    client: redis.Redis, queues: Iterable[str], *, held_max_s: float | None = None
+) -> float | None:
     """Seconds the next message to be taken (or the oldest unacked one) has been seen
-    waiting, or None when nothing waits."""
+    waiting, or None when nothing waits. An unacked delivery seen for longer than
+    `held_max_s` is abandoned, not waiting (see the module's docstring)."""
     now = server_time(client)
     seen = {
         (k.decode() if isinstance(k, bytes) else str(k)): float(v)
@@ -58,9 +68,15 @@ def oldest_waiting_s(client: redis.Redis, queues: Iterable[str]) -> float | None
         if f"q:{queue}:{oldest}" in mine:  # first in, first out: anything noted before it left
             cutoff = mine[f"q:{queue}:{oldest}"]
             consumed |= {key for key, at in mine.items() if at < cutoff}
+    held: set[str] = set()  # unacked deliveries: noted, so their age is known
     for tag in client.hkeys(UNACKED_KEY):
-        waiting.add("u:" + (tag.decode() if isinstance(tag, bytes) else str(tag)))
-    noted |= waiting
+        held.add("u:" + (tag.decode() if isinstance(tag, bytes) else str(tag)))
+    if held_max_s is not None:
+        abandoned = {key for key in held if key in seen and now - seen[key] > held_max_s}
+    else:
+        abandoned = set()
+    waiting |= held - abandoned
+    noted |= waiting | held
     stale = [
         key
         for key, at in seen.items()

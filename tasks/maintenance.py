@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from core.event_payloads import ErrorOccurred, SystemChanged
 from core.events import Event, EventType
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, retry_backoff_max_s
 from db import event_history
 from db.clock import db_now
 from db.engine import Database
@@ -143,7 +143,9 @@ def sweep(
 ) -> dict[str, Any]:
     """Re-drive stalled orders and resend lost signals; what merely waits behind a backlog is
     not stalled, so the backlog's age is added to every threshold."""
-    seen_waiting_s = backlog.oldest_waiting_s(client, PIPELINE_QUEUES)
+    # No live worker holds a delivery longer than a task may run plus its longest backoff.
+    held_max_s = settings.task_time_limit_s + retry_backoff_max_s(settings.visibility_timeout_s)
+    seen_waiting_s = backlog.oldest_waiting_s(client, PIPELINE_QUEUES, held_max_s=held_max_s)
     # A backlog first seen now may be as old as one sweep interval (the watch's resolution).
     waiting_s = (
         0.0 if seen_waiting_s is None else seen_waiting_s + settings.recover_stalled_interval_s

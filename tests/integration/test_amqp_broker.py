@@ -21,7 +21,11 @@ def test_without_a_broker_url_redis_is_the_broker_with_its_visibility_timeout() 
     settings = Settings(redis_url="redis://127.0.0.1:6379/3", visibility_timeout_s=900)
     config = celery_config(settings)
     assert config["broker_url"] == "redis://127.0.0.1:6379/3"
-    assert config["broker_transport_options"]["visibility_timeout"] == 900  # type: ignore[index]
+    transport = config["broker_transport_options"]
+    assert isinstance(transport, dict)
+    assert transport["visibility_timeout"] == 900
+    # A dead worker's messages are looked for every 10 s, not kombu's every 100 s.
+    assert (transport["unacked_restore_interval"], transport["unacked_restore_throttle"]) == (10, 1)
 
 
 def test_an_amqp_broker_gets_quorum_queues_confirms_and_no_visibility_timeout() -> None:

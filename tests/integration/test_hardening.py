@@ -364,6 +364,25 @@ def test_an_order_waiting_behind_a_deep_queue_is_not_redriven(
     assert order_row(db, built.id).order_metadata.get("redrives") is None
 
 
+def test_a_delivery_held_longer_than_any_live_worker_would_is_not_a_backlog(
+    db: Database, app: Celery, rclient: redis.Redis
+) -> None:
+    from tasks.maintenance import sweep
+
+    settings = Settings(stalled_after_s=1, recover_stalled_interval_s=1, task_time_limit_s=10)
+    built = build_order(db, to=S.SIGNAL_RECEIVED)
+    # What a worker killed holding the order's message leaves: a delivery in kombu's unacked
+    # set, first noted 5 minutes ago (far beyond the time limit plus the longest backoff).
+    rclient.hset(backlog.UNACKED_KEY, "tag-dead", "[]")
+    rclient.hset(backlog.WATCH_KEY, "u:tag-dead", float(rclient.time()[0]) - 300)
+    backdate(db, built.id, 5)
+
+    result = sweep(app, db, rclient, settings)
+
+    assert result["redriven"] == 1
+    assert result["waiting_s"] == 0.0
+    assert order_row(db, built.id).order_metadata.get("redrives") == 1
+
 def test_no_step_executes_an_order_flagged_for_review(
     db: Database, simulator: Simulator, brokerage: AlpacaBrokerage
 ) -> None:
