@@ -177,7 +177,10 @@ class SignalClient:
         # The safety copy that the stalled sweep resends if the message is lost (pending.py);
         # taken back when the enqueue fails, so that a caller who retries gets one order.
         if key is not None:
-            pending.remember(self.redis, key, message)
+            try:
+                pending.remember(self.redis, key, message)
+            except (TypeError, ValueError):  # not plain JSON (a Decimal, say): sent uncopied
+                key = None
         try:
             routing.send_pipeline(self.app, message)
         except BaseException:
