@@ -113,14 +113,7 @@ class SignalClient:
         raw.update((k, v) for k, v in optional.items() if v is not None)
         signal = Signal.parse(raw)
         message = sign(self.key_for(signal.strategy), signal.to_message(), int(time.time()))
-        # The safety copy that the stalled sweep resends if the message is lost (pending.py);
-        # taken back when the enqueue fails, so that a caller who retries gets one order.
-        pending.remember(self.redis, signal.client_order_id, message)
-        try:
-            self.enqueue(message)
-        except BaseException:
-            pending.forget(self.redis, signal.client_order_id)
-            raise
+        self.enqueue(message)
         return signal.client_order_id
 
     def key_for(self, strategy: str) -> str:
@@ -177,8 +170,23 @@ class SignalClient:
         return coid
 
     def enqueue(self, message: Any) -> None:
-        """Put a raw signal on the pipeline (the worker re-checks everything)."""
-        routing.send_pipeline(self.app, message)
+        """Put a raw signal on the pipeline (the worker re-checks everything). A message that
+        names its strategy and signal_id gets a safety copy, malformed or not: intake records
+        what it can read, and a message lost on its way there is resent like any other."""
+        key = _pending_key(message)
+        # The safety copy that the stalled sweep resends if the message is lost (pending.py);
+        # taken back when the enqueue fails, so that a caller who retries gets one order.
+        if key is not None:
+            try:
+                pending.remember(self.redis, key, message)
+            except (TypeError, ValueError):  # not plain JSON (a Decimal, say): sent uncopied
+                key = None
+        try:
+            routing.send_pipeline(self.app, message)
+        except BaseException:
+            if key is not None:
+                pending.forget(self.redis, key)
+            raise
 
     def close(self) -> None:
         self.app.close()
@@ -186,6 +194,16 @@ class SignalClient:
 
 
 Number = int | float | str | Decimal
+
+
+def _pending_key(message: Any) -> str | None:
+    """The client_order_id intake forgets a message's safety copy by (tasks/pipeline.py)."""
+    if not isinstance(message, dict):
+        return None
+    strategy, signal_id = message.get("strategy"), message.get("signal_id")
+    if isinstance(strategy, str) and isinstance(signal_id, str):
+        return client_order_id_for(strategy, signal_id)
+    return None
 
 
 def _order_key(strategy: str, signal_id: str | None, client_order_id: str | None) -> str:

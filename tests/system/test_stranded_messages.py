@@ -5,8 +5,10 @@ kombu's Redis transport keeps each delivered message in an `unacked` hash until 
 worker that dies takes nobody's ack with it, and another worker's periodic scan puts the
 message back on its queue once it is older than the visibility timeout. Until then, the
 stalled sweep must not mistake it for a backlog (tasks/backlog.py), and the scan must come
-soon after the timeout (strategy_client/broker.py). RabbitMQ returns a dead consumer's
-messages at once, so these tests are Redis's.
+soon after the timeout (strategy_client/broker.py). A worker killed between kombu's BRPOP and
+that bookkeeping loses the message outright: the client's safety copy (strategy_client/
+pending.py) is what brings it back. RabbitMQ returns a dead consumer's messages at once, so
+these tests are Redis's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from core.signals import client_order_id_for
 from db.engine import Database
 from strategy_client.client import SignalClient
 from tests.fixtures.processes import CeleryProcess
@@ -114,3 +117,25 @@ def test_a_stranded_message_is_given_back_soon_after_a_short_visibility_timeout(
     assert not stranded & set(_unacked(broker))
     assert f"Task arbiter.intake[{task_id}] received" in rescuer.log()  # given back, taken again
     _one_brokerage_order(simulator, coid)
+
+
+def test_a_raw_message_lost_before_any_worker_took_it_is_sent_again_and_recorded(
+    db: Database,
+    client: SignalClient,
+    broker_url: str,
+    start_worker: Callable[..., CeleryProcess],
+    start_beat: Callable[..., CeleryProcess],
+) -> None:
+    # A malformed signal put on the pipeline raw (not through submit_signal), then taken off
+    # the queue as a worker SIGKILLed right after its BRPOP would: nothing holds it any more
+    # but the client's safety copy, which the stalled sweep resends; intake records it.
+    raw = {"strategy": "trading", "signal_id": "lost-raw-1", "ticker": "LOST", "side": "buy",
+           "quantity": "x"}
+    client.enqueue(raw)
+    assert redis.Redis.from_url(broker_url).rpop("signals") is not None  # the message is gone
+
+    start_worker()
+    start_beat()
+    (order,) = wait_terminal(db, [client_order_id_for("trading", "lost-raw-1")])
+
+    assert order.state == "REJECTED"
