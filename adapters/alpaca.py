@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import requests
 from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
+from alpaca.common.rest import RESTClient
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.models import Order, Position, TradeAccount
@@ -79,6 +80,19 @@ class _TimeoutSession(requests.Session):
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout_s)
         return super().request(method, url, *args, **kwargs)
+
+
+RestClient = TypeVar("RestClient", bound=RESTClient)
+
+
+def one_attempt(client: RestClient, url: str, timeout_s: float) -> RestClient:
+    """An alpaca-py client that makes one attempt per call, with a timeout. alpaca-py sleeps
+    and retries 429s itself (3 times, 3 s apart by default); with `_retry = 0` it raises at
+    once, and the caller (Celery, or the risk check) decides what no answer means."""
+    client._session = _TimeoutSession(timeout_s, url)
+    client._retry = 0
+    client._retry_wait = 0
+    return client
 
 
 def _error_body(exc: APIError) -> tuple[int | None, str]:
@@ -270,12 +284,8 @@ class AlpacaBrokerage:
         self.timeout_s = timeout_s
         self.page_size = page_size
         self.calls = 0
-        self.client = TradingClient(api_key, secret_key, url_override=self.url)
-        self.client._session = _TimeoutSession(timeout_s, self.url)
-        # alpaca-py sleeps and retries 429s itself (3 times, 3 s apart by default); with
-        # _retry = 0 it makes one attempt and raises, and Celery decides about retrying.
-        self.client._retry = 0
-        self.client._retry_wait = 0
+        self.client = one_attempt(TradingClient(api_key, secret_key, url_override=self.url),
+                                  self.url, timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlpacaBrokerage:

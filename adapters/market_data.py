@@ -15,7 +15,7 @@ from alpaca.data.enums import DataFeed
 from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.requests import StockLatestQuoteRequest, StockLatestTradeRequest
 
-from adapters.alpaca import _TimeoutSession, translate
+from adapters.alpaca import one_attempt, translate
 from core.errors import BrokerageRejected
 from core.market_data import LatestQuote
 from core.settings import Settings
@@ -57,10 +57,11 @@ class AlpacaMarketData:
         self.url = url.rstrip("/")
         self.feed = feed
         self.calls = 0
-        self.client = StockHistoricalDataClient(api_key, secret_key, url_override=self.url)
-        self.client._session = _TimeoutSession(timeout_s, self.url)
-        self.client._retry = 0  # one attempt: the caller decides what "no answer" means
-        self.client._retry_wait = 0
+        self.client = one_attempt(
+            StockHistoricalDataClient(api_key, secret_key, url_override=self.url),
+            self.url,
+            timeout_s,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlpacaMarketData:
