@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,9 @@ from core.signing import split
 from core.states import OrderState
 from core.states import TransitionCause as C
 from db.clock import DB_EPOCH
+from db.engine import Database
 from db.models import Order, Strategy
-from db.order_manager import OrderManager
+from db.order_manager import OrderManager, locked_orders
 from service_layer.authentication import UNAUTHENTICATED, verify_signal
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,33 @@ def intake(
         cause = exc.orig or exc
         first_line = (str(cause).strip().splitlines() or [""])[0]
         raise Unstorable(f"cannot be stored: {type(cause).__name__}: {first_line}") from exc
+
+
+def intake_signal(
+    database: Database,
+    raw: Any,
+    *,
+    actor: str,
+    message_id: str,
+    bounds: IntakeBounds = IntakeBounds(),
+    on_order: Callable[[Order], None] = lambda _order: None,
+) -> int | None:
+    """`intake` in a transaction of its own; a signal it finds Unstorable is refused in a
+    second one. `on_order` sees the recorded order before the commit (for log context)."""
+    try:
+        with database.unit_of_work() as uow:
+            order_id = intake(uow.session, raw, actor=actor, message_id=message_id, bounds=bounds)
+            for order in locked_orders(uow.session):
+                on_order(order)
+            uow.commit()
+            return order_id
+    except Unstorable as exc:  # that transaction is lost
+        with database.unit_of_work() as uow:
+            order_id = refuse_unstorable(
+                uow.session, raw, exc.reason, actor=actor, message_id=message_id
+            )
+            uow.commit()
+            return order_id
 
 
 def refuse_unstorable(

@@ -63,24 +63,14 @@ def intake(self: Task, *args: Any, **kwargs: Any) -> int | None:
     signal over its intake bound is dropped unrecorded and the rest of the chain with it."""
     raw_signal = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
     rt = runtime()
-    message_id = str(self.request.id)
-    try:
-        with rt.database.unit_of_work() as uow:
-            order_id = intake_service.intake(
-                uow.session,
-                raw_signal,
-                actor=routing.INTAKE,
-                message_id=message_id,
-                bounds=intake_bounds(rt.settings),
-            )
-            _bind_log_context(uow)
-            uow.commit()
-    except intake_service.Unstorable as exc:  # that transaction is lost: refused in a new one
-        with rt.database.unit_of_work() as uow:
-            order_id = intake_service.refuse_unstorable(
-                uow.session, raw_signal, exc.reason, actor=routing.INTAKE, message_id=message_id
-            )
-            uow.commit()
+    order_id = intake_service.intake_signal(
+        rt.database,
+        raw_signal,
+        actor=routing.INTAKE,
+        message_id=str(self.request.id),
+        bounds=intake_bounds(rt.settings),
+        on_order=bind_order_of,
+    )
     _forget_pending(raw_signal)
     if order_id is None:
         self.request.chain = None  # nothing to validate: the later links are not sent

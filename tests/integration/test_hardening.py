@@ -33,7 +33,7 @@ from db.order_manager import OrderManager
 from db.strategies import signing_key
 from service_layer import reconciliation, recovery, submission
 from service_layer.conflict_check import check_conflict
-from service_layer.intake import MAX_ERROR, IntakeBounds, Unstorable, intake, refuse_unstorable
+from service_layer.intake import MAX_ERROR, IntakeBounds, intake_signal
 from service_layer.validation import validate
 from strategy_client import pending, routing
 from strategy_client.client import SignalClient
@@ -67,19 +67,9 @@ def _raw(signal_id: str, **changes: Any) -> dict[str, Any]:
 
 def _intake(db: Database, raw: Any, message_id: str = "m-1", **bounds: Any) -> int | None:
     """As the intake task does it: an Unstorable signal is refused in a second transaction."""
-    try:
-        with db.unit_of_work() as uow:
-            order_id = intake(
-                uow.session, raw, actor="test", message_id=message_id, bounds=IntakeBounds(**bounds)
-            )
-            uow.commit()
-    except Unstorable as exc:
-        with db.unit_of_work() as uow:
-            order_id = refuse_unstorable(
-                uow.session, raw, exc.reason, actor="test", message_id=message_id
-            )
-            uow.commit()
-    return order_id
+    return intake_signal(
+        db, raw, actor="test", message_id=message_id, bounds=IntakeBounds(**bounds)
+    )
 
 
 def _pending_order(db: Database, raw: dict[str, Any]) -> int:
