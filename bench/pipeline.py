@@ -34,10 +34,7 @@ from bench.load import Arbiter, Ceiling, closed_loop, open_loop
 from bench.measure import Phase, Postgres, rss_mb
 from bench.profile import Profiler, summarise
 from bench.reconcile_scale import reconcile_at_scale
-from bench.stack import REPO_ROOT, SHAPES, Deployment, Services
-from db.engine import Database
-from db.migrate import upgrade
-from db.seed import seed_default_strategies
+from bench.stack import REPO_ROOT, RISK_ENV, SHAPES, Deployment, Services
 from tests.fixtures.simulator import Simulator
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -48,8 +45,6 @@ COUNTS = {  # closed-loop sizes, open-loop seconds, reconciliation size
              "reconcile_n": 10_000, "timeout_s": 900.0},
 }
 LOAD_FACTOR = 0.7
-RISK_ENV = {"ARBITER_MAX_OPEN_ORDERS_PER_STRATEGY": "1000000",
-            "ARBITER_MAX_SIGNALS_PER_MINUTE": "1000000"}
 
 
 class Run:
@@ -68,13 +63,7 @@ class Run:
         self.services = Services(self.args.services)
         self.stack.callback(self.services.stop)
         self.services.start()
-        self.database_url = self.services.new_database("run")
-        upgrade(self.database_url)
-        database = Database(self.database_url)
-        with database.unit_of_work() as uow:
-            seed_default_strategies(uow.session)
-            uow.commit()
-        database.dispose()
+        self.database_url = self.services.arbiter_database("run")
         self.sim = Simulator(self.data / "brokersim", {"fill_latency_ms": 0, "partial_slices": 1})
         self.stack.callback(self.sim.close)
         self.sim.start()

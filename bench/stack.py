@@ -25,6 +25,9 @@ import redis
 from psycopg import sql
 
 from arbiter.embedded import EmbeddedPostgres, EmbeddedRedis, libpq_url, postgres_reachable
+from db.engine import Database
+from db.migrate import upgrade
+from db.seed import seed_default_strategies
 from tests.fixtures.services import LOCAL_POSTGRES, LOCAL_REDIS, RedisDbClaim, with_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +41,10 @@ SHAPES: dict[str, list[tuple[str, int, str]]] = {
     "split": [("sig", 1, "signals,maintenance"), ("ord", 1, "orders")],
 }
 
+
+# Arbiter's risk limits out of the way: the bench measures cost, not refusals.
+RISK_ENV = {"ARBITER_MAX_OPEN_ORDERS_PER_STRATEGY": "1000000",
+            "ARBITER_MAX_SIGNALS_PER_MINUTE": "1000000"}
 
 class Services:
     """Postgres and Redis for one run; `stop()` undoes whatever `start()` did."""
@@ -85,6 +92,17 @@ class Services:
             psycopg.Error
         ):
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        return url
+
+    def arbiter_database(self, label: str) -> str:
+        """A fresh database with Arbiter's schema and the default strategies."""
+        url = self.new_database(label)
+        upgrade(url)
+        database = Database(url)
+        with database.unit_of_work() as uow:
+            seed_default_strategies(uow.session)
+            uow.commit()
+        database.dispose()
         return url
 
     def postgres_pids(self) -> list[int]:

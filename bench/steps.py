@@ -35,12 +35,9 @@ from typing import Any
 
 from sqlalchemy import event
 
-from bench.stack import Services
+from bench.stack import RISK_ENV, Services
 from core.signals import Signal
 from core.signing import sign
-from db.engine import Database
-from db.migrate import upgrade
-from db.seed import seed_default_strategies
 from tests.fixtures.simulator import Simulator
 
 STEPS = ("intake", "validate", "check_conflict", "submit")
@@ -54,8 +51,7 @@ def _environment(database_url: str, redis_url: str, sim: Simulator) -> dict[str,
         "ARBITER_BROKERAGE_URL": sim.url,
         "ARBITER_BROKERAGE_KEY": sim.key,
         "ARBITER_BROKERAGE_SECRET": sim.secret,
-        "ARBITER_MAX_OPEN_ORDERS_PER_STRATEGY": "1000000",
-        "ARBITER_MAX_SIGNALS_PER_MINUTE": "1000000",
+        **RISK_ENV,
         "ARBITER_INTAKE_MAX_PER_MINUTE": "1000000",
     }
 
@@ -66,13 +62,7 @@ def _stack(mode: str) -> Iterator[tuple[str, str, Simulator]]:
         services = Services(mode)
         stack.callback(services.stop)
         services.start()
-        url = services.new_database("steps")
-        upgrade(url)
-        database = Database(url)
-        with database.unit_of_work() as uow:
-            seed_default_strategies(uow.session)
-            uow.commit()
-        database.dispose()
+        url = services.arbiter_database("steps")
         sim = Simulator(Path(tempfile.mkdtemp(prefix="arbiter-steps-")),
                         {"fill_latency_ms": 0, "partial_slices": 1})
         stack.callback(sim.close)
