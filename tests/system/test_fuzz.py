@@ -160,20 +160,32 @@ def test_garbage_from_the_brokerage_during_submission_leaves_nothing_stuck(
     worker = start_worker()
     start_beat()
     pids = worker.pids
-    coids = [client.submit_signal("trading", f"G{i}", "buy", 1, signal_id=f"garbage-{i}")
-             for i in range(12)]
+    # Marketable limit orders: validation asks the brokerage for no price, so the garbage
+    # meets submission only (a market order's price look-up would retry, and after its last
+    # retry wait for the stalled sweep, which is tested elsewhere).
+    coids = [
+        client.submit_signal(
+            "trading", f"G{i}", "buy", 1, signal_id=f"garbage-{i}",
+            order_type="limit", limit_price="1000",  # above any price: marketable
+        )
+        for i in range(12)
+    ]
+    last: list[Any] = []
 
     def all_tried() -> bool:
         with db.unit_of_work() as uow:
-            rows = list(uow.session.execute(select(Order.state, Order.submit_attempts)))
-        return len(rows) == len(coids) and all(s in TERMINAL or n for s, n in rows)
+            rows = list(uow.session.execute(select(
+                Order.client_order_id, Order.state, Order.submit_attempts)))
+        last[:] = rows
+        return len(rows) == len(coids) and all(s in TERMINAL or n for _, s, n in rows)
 
-    eventually(all_tried, timeout=60)
+    try:
+        eventually(all_tried, timeout=120)
+    except AssertionError:
+        raise AssertionError(f"never tried: {[r for r in last if not r[2]]}") from None
     # Garbage during submission only: under a sustained garbage rate no reconciliation pass
     # completes (its first unreadable answer aborts the pass), reported to the lead.
     simulator.admin.set_faults(garbage_rate=0.0)
-
-    last: list[Any] = []
 
     def settled() -> bool:
         with db.unit_of_work() as uow:
@@ -184,7 +196,7 @@ def test_garbage_from_the_brokerage_during_submission_leaves_nothing_stuck(
         return len(rows) == len(coids) and all(s in TERMINAL or r for _, s, r, _, _ in rows)
 
     try:
-        eventually(settled, timeout=60)
+        eventually(settled, timeout=120)
     except AssertionError:
         raise AssertionError(f"stuck: {[r for r in last if r[1] not in TERMINAL]}") from None
     orders = _settled_with_valid_trails(db)
