@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.events import Event
+from db.order_writes import StagingSession
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class UnitOfWork:
     committed; a failure there is logged and never undoes or fails the change."""
 
     def __init__(
-        self, session_factory: sessionmaker[Session], after_commit: AfterCommit | None = None
+        self, session_factory: Callable[[], Session], after_commit: AfterCommit | None = None
     ) -> None:
         self._session_factory = session_factory
         self._after_commit = after_commit
@@ -108,7 +109,7 @@ class Database:
         self.engine = make_engine(
             url, pool_size=pool_size, application_name=application_name, pre_ping=pre_ping
         )
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = sessionmaker(self.engine, class_=StagingSession, expire_on_commit=False)
         self.after_commit = after_commit
 
     def unit_of_work(self) -> UnitOfWork:

@@ -3,6 +3,10 @@
 One call applies one transition: lock the order row, check the move against core's table, write
 the state, one audit row and the transition's events into the outbox, all in the caller's
 transaction. An invalid move raises before anything is written. It never commits.
+
+Column changes are staged (db/order_writes.py) rather than left to the ORM's unit of work:
+they reach the database before the transaction's next statement, or with the outbox's rows
+in one statement at COMMIT.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from core.signals import Signal
 from core.states import OrderState, TransitionCause, check_correction, check_transition
 from db.clock import db_now
 from db.models import Order, ReviewItem, Strategy
+from db.order_writes import stage
 from db.outbox import emit, record
 
 _LOCKED = "arbiter_locked_orders"
@@ -247,10 +252,11 @@ class OrderManager:
         order = self.lock(order if isinstance(order, int) else order.id)
         source = OrderState(order.state)
         check_transition(source, target)
-        self._apply(order, changes)
-        order.state = target.value
+        self._check(changes)
+        changes["state"] = target.value
         if reason is not None:
-            order.reason = reason
+            changes["reason"] = reason
+        stage(self.session, order, changes)
         self._record_move(
             order, source, target, reason=reason, actor=actor, cause=cause, events=events
         )
@@ -300,8 +306,11 @@ class OrderManager:
         order = self.lock(order if isinstance(order, int) else order.id)
         if order.cancel_requested_at is not None:
             return False
-        order.cancel_requested_at = db_now(self.session)
-        order.cancel_requested_by = requested_by
+        stage(
+            self.session,
+            order,
+            {"cancel_requested_at": db_now(self.session), "cancel_requested_by": requested_by},
+        )
         emit(
             self.session,
             order_event(
@@ -323,8 +332,7 @@ class OrderManager:
         order = self.lock(order if isinstance(order, int) else order.id)
         source = OrderState(order.state)
         check_correction(source, target)
-        order.state = target.value
-        order.reason = f"correction: {reason}"
+        stage(self.session, order, {"state": target.value, "reason": f"correction: {reason}"})
         corrected = order_event(
             order,
             EventType.ORDER_CORRECTED,
@@ -345,19 +353,20 @@ class OrderManager:
     def update(self, order: Order | int, **changes: Any) -> Order:
         """Change non-state fields (attempt counters, brokerage ids) under the row lock."""
         order = self.lock(order if isinstance(order, int) else order.id)
-        self._apply(order, changes)
+        self._check(changes)
+        stage(self.session, order, changes)
         return order
 
     def merge_metadata(self, order: Order, **entries: Any) -> None:
-        order.order_metadata = {**(order.order_metadata or {}), **entries}
+        metadata = {**(order.order_metadata or {}), **entries}
+        stage(self.session, order, {"order_metadata": metadata})
 
     def flag_for_review(self, order: Order | int, reason: str, *, actor: str) -> Order:
         """Mark the order for a human (ORDER_NEEDS_REVIEW); idempotent per reason."""
         order = self.lock(order if isinstance(order, int) else order.id)
         if order.needs_manual_review and order.reason == reason:
             return order
-        order.needs_manual_review = True
-        order.reason = reason
+        stage(self.session, order, {"needs_manual_review": True, "reason": reason})
         self.session.add(
             ReviewItem(kind="order", order_id=order.id, ticker=order.ticker, reason=reason)
         )
@@ -383,7 +392,7 @@ class OrderManager:
                 actor=actor,
                 cause=TransitionCause.OPERATOR,
             )
-        order.needs_manual_review = False
+        stage(self.session, order, {"needs_manual_review": False})
         now = datetime.now(UTC)
         for item in self.session.scalars(
             select(ReviewItem).where(
@@ -395,9 +404,7 @@ class OrderManager:
         self.session.flush()
         return order
 
-    def _apply(self, order: Order, changes: dict[str, Any]) -> None:
+    def _check(self, changes: dict[str, Any]) -> None:
         unknown = set(changes) - MUTABLE_FIELDS
         if unknown:
             raise ValueError(f"OrderManager cannot change {sorted(unknown)}")
-        for name, value in changes.items():
-            setattr(order, name, value)

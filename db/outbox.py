@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import TextClause, text
 from sqlalchemy import event as sa_event
-from sqlalchemy import text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from core.events import Event, EventType, parse_payload
+from db import order_writes
 from db.engine import PENDING_EVENTS
 from db.models import EventRecord
 
@@ -32,15 +34,27 @@ _EVENT_COLUMNS = (
     "schema_version"
 )
 _AUDIT_COLUMNS = "order_id, from_state, to_state, reason, actor, cause"
-_WRITE = text(
-    f"WITH audit AS (INSERT INTO order_transitions ({_AUDIT_COLUMNS}) SELECT {_AUDIT_COLUMNS}"
+_AUDIT_CTE = (
+    f"audit AS (INSERT INTO order_transitions ({_AUDIT_COLUMNS}) SELECT {_AUDIT_COLUMNS}"
     " FROM jsonb_to_recordset(CAST(:audits AS jsonb)) AS a(order_id bigint, from_state text,"
     " to_state text, reason text, actor text, cause text))"
-    f" INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS}"
+)
+_EVENTS_INSERT = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS}"
     " FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(id uuid, type text,"
     " occurred_at timestamptz, source text, order_id bigint, client_order_id text,"
     " strategy text, ticker text, payload jsonb, schema_version int)"
 )
+_WRITE = text(f"WITH {_AUDIT_CTE} {_EVENTS_INSERT}")
+
+
+@lru_cache(maxsize=256)
+def _write_with_update(columns: frozenset[str]) -> TextClause:
+    """The rows' statement with an order's staged UPDATE as one more CTE."""
+    update = order_writes.update_sql(columns)
+    return order_writes.typed(
+        text(f"WITH staged AS ({update}), {_AUDIT_CTE} {_EVENTS_INSERT}"), columns
+    )
 
 
 @dataclass
@@ -76,23 +90,37 @@ def record(session: Session, events: Sequence[Event], audit: dict[str, Any] | No
 
 
 def write_pending(session: Session) -> None:
-    """Write the rows `record` keeps, now (the commit does it otherwise)."""
+    """Write the rows `record` keeps and the orders' staged changes (db/order_writes.py) now
+    (the commit does it otherwise). One order's UPDATE goes in the rows' statement."""
+    staged = order_writes.take_staged(session)
     pending: _Pending | None = session.info.pop(_PENDING_ROWS, None)
-    if pending is not None:
-        _write(session, pending.audits, pending.events)
+    rows = pending if pending is not None and (pending.audits or pending.events) else None
+    merged = staged.pop() if staged and rows is not None else None
+    for entry in staged:
+        order_writes.write(session, entry)
+    if rows is not None:
+        _write(session, rows.audits, rows.events, merged)
 
 
-def _write(session: Session, audits: Sequence[dict[str, Any]], events: Sequence[Event]) -> None:
+def _write(
+    session: Session,
+    audits: Sequence[dict[str, Any]],
+    events: Sequence[Event],
+    update: order_writes.Staged | None = None,
+) -> None:
     """One statement, on the connection: nothing pending in the session needs flushing first."""
-    if not (audits or events):
+    if not (audits or events or update):
         return
-    session.connection().execute(
-        _WRITE,
-        {
-            "audits": json.dumps(list(audits)),
-            "events": "[" + ",".join(event.to_json() for event in events) + "]",
-        },
-    )
+    parameters = {
+        "audits": json.dumps(list(audits)),
+        "events": "[" + ",".join(event.to_json() for event in events) + "]",
+    }
+    if update is None:
+        session.connection().execute(_WRITE, parameters)
+        return
+    statement = _write_with_update(frozenset(update.changes))
+    session.connection().execute(statement, parameters | order_writes.parameters(update))
+    order_writes.written(update)
 
 
 @sa_event.listens_for(Session, "before_commit")

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from core.brokerage import (
@@ -43,6 +42,7 @@ from core.errors import (
 )
 from core.states import OrderState, is_terminal
 from core.states import TransitionCause as C
+from db.clock import db_now
 from db.engine import Database
 from db.kill_switch import kill_switch_on
 from db.models import Order
@@ -123,7 +123,7 @@ def begin_submit(
         return SubmitPlan(request_for(order), order.submit_attempts, withdraw=True)
     attempt = order.submit_attempts + 1
     # The database's clock: reconciliation compares it with its own now(), never a worker's.
-    manager.update(order, submit_attempts=attempt, last_submit_at=func.now())
+    manager.update(order, submit_attempts=attempt, last_submit_at=db_now(session))
     return SubmitPlan(request_for(order), attempt)
 
 
