@@ -50,7 +50,8 @@ def line(result: dict[str, Any]) -> str:
         result["started_at"][:16].replace("T", " "),
         _commit(),
         ("quick" if s["quick"] else "full")
-        + (f", profiled {s['profiled']}" if s["profiled"] else ""),
+        + (f", profiled {s['profiled']}" if s["profiled"] else "")
+        + (", ceiling with brokerage calls" if s.get("ceiling_brokerage") else ""),
         s["shape"],
         f"{result['ratio_order_sent']:.2f}",
         f"{result['order_sent_signals_per_s']}",

@@ -77,6 +77,8 @@ class Run:
                         ARBITER_EVENT_CHANNEL_PREFIX=self.prefix,
                         ARBITER_BROKERAGE_URL=self.sim.url, ARBITER_BROKERAGE_KEY=self.sim.key,
                         ARBITER_BROKERAGE_SECRET=self.sim.secret)
+        if self.args.ceiling_brokerage:
+            self.env["BENCH_CEILING_BROKERAGE"] = "1"
         self.ceiling, self.arbiter = Ceiling(self.services.redis_url, self.pg), Arbiter(
             self.services.redis_url, self.pg)
         self.stack.callback(self.ceiling.close)
@@ -193,6 +195,7 @@ def assemble(run: Run, shapes: dict[str, Any], catch: dict[str, Any], recon: dic
         "costs": {"ceiling": p["ceiling_costs"], "arbiter": p["arbiter_costs"]},
         "settings": {
             "quick": run.args.quick, "profiled": run.args.profile, "shape": primary_name,
+            "ceiling_brokerage": run.args.ceiling_brokerage,
             "services": run.services.mode,
             "counts": run.counts, "load_factor": LOAD_FACTOR, "worker_env": RISK_ENV,
             "simulator": {"fill_latency_ms": 0, "partial_slices": 1},
@@ -224,6 +227,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--services", choices=("embedded", "local", "auto"), default="embedded")
     parser.add_argument("--profile", nargs="?", const="wall", choices=["wall", "cpu"],
                         help="py-spy the first shape's pool processes during its closed loop")
+    parser.add_argument("--ceiling-brokerage", action="store_true",
+                        help="the ceiling also makes Arbiter's two brokerage calls per chain")
     args = parser.parse_args(argv)
     unknown = set(args.shape.split(",")) - set(SHAPES) - {"all"}
     if unknown:
