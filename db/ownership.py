@@ -10,7 +10,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.event_payloads import (
     EventPayload,
@@ -60,15 +62,18 @@ def claim(
     session: Session, ticker: str, strategy: Strategy, order_id: int | None, reason: str
 ) -> TickerOwnership:
     now = db_now(session)
-    row = TickerOwnership(
-        ticker=ticker,
-        strategy_id=strategy.id,
-        strategy=strategy,
-        locked_until=lock_until(strategy.config, now),
-        acquired_by_order_id=order_id,
+    row: TickerOwnership | None = session.scalar(  # one INSERT, no unit of work: the hot path
+        insert(TickerOwnership)
+        .values(
+            ticker=ticker,
+            strategy_id=strategy.id,
+            locked_until=lock_until(strategy.config, now),
+            acquired_by_order_id=order_id,
+        )
+        .returning(TickerOwnership)
     )
-    session.add(row)
-    session.flush()
+    assert row is not None
+    set_committed_value(row, "strategy", strategy)
     acquired = OwnershipAcquired(
         ticker=ticker,
         strategy_id=strategy.id,

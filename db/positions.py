@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.brokerage import Side
 from core.event_payloads import PositionChanged
@@ -29,6 +30,29 @@ def get_or_create_position(session: Session, strategy_id: int, ticker: str) -> P
         )
     assert position is not None
     return position
+
+
+# On the connection, with the loaded row brought in line: the ORM's unit of work would cost
+# more than the UPDATE (a fill's hot path).
+_UPDATE = text(
+    "UPDATE positions SET quantity = :quantity, avg_cost = :avg_cost,"
+    " realized_pnl = :realized_pnl WHERE id = :id"
+).bindparams(
+    bindparam("quantity", type_=Position.__table__.c.quantity.type),
+    bindparam("avg_cost", type_=Position.__table__.c.avg_cost.type),
+    bindparam("realized_pnl", type_=Position.__table__.c.realized_pnl.type),
+)
+
+
+def _store(session: Session, position: Position, state: PositionState) -> None:
+    values = {
+        "quantity": state.quantity,
+        "avg_cost": state.avg_cost,
+        "realized_pnl": state.realized_pnl,
+    }
+    session.connection().execute(_UPDATE, {"id": position.id, **values})
+    for name, value in values.items():
+        set_committed_value(position, name, value)
 
 
 def strategy_quantity(session: Session, strategy_id: int, ticker: str) -> Decimal:
@@ -60,11 +84,7 @@ def book_fill(
         quantity,
         price,
     )
-    position.quantity, position.avg_cost, position.realized_pnl = (
-        after.quantity,
-        after.avg_cost,
-        after.realized_pnl,
-    )
+    _store(session, position, after)
     if before == 0 and after.quantity != 0:
         event_type = EventType.POSITION_OPENED
     elif after.quantity == 0:
