@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import bindparam, event, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, SessionTransaction, joinedload
+from sqlalchemy.sql.dml import ReturningInsert
 
 from core.errors import ArbiterError
 from core.event_payloads import (
@@ -100,6 +102,26 @@ _LOCK = (
 )
 
 
+_LOCK_BY_CLIENT_ORDER_ID = (  # a trade update's look-up, as hot as the lock above
+    select(Order)
+    .options(joinedload(Order.strategy))
+    .where(Order.client_order_id == bindparam("coid"))
+    .with_for_update(of=Order)
+    .execution_options(populate_existing=True)
+)
+
+
+@lru_cache(maxsize=32)
+def _insert_statement(columns: frozenset[str]) -> ReturningInsert[Order]:
+    """An order's INSERT for this set of columns, built once (a signal's is the same each time)."""
+    return (
+        insert(Order)
+        .values({name: bindparam(name) for name in columns})
+        .on_conflict_do_nothing()  # client_order_id or (strategy, signal_id) seen before
+        .returning(Order)
+    )
+
+
 def audit_row(
     order: Order,
     source: OrderState,
@@ -136,12 +158,7 @@ class OrderManager:
 
     def lock_by_client_order_id(self, client_order_id: str) -> Order | None:
         """The order with this client_order_id, row-locked (one statement), or None."""
-        order = self.session.scalar(
-            select(Order)
-            .where(Order.client_order_id == client_order_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        order = self.session.scalar(_LOCK_BY_CLIENT_ORDER_ID, {"coid": client_order_id})
         if order is not None:
             _locked(self.session)[order.id] = order
         return order
@@ -217,12 +234,7 @@ class OrderManager:
         source, target, reason = OrderState.IDLE, OrderState.SIGNAL_RECEIVED, "signal received"
         check_transition(source, target)
         values = {**values, "state": target.value, "reason": reason}
-        order = self.session.scalar(
-            insert(Order)
-            .values(**values)
-            .on_conflict_do_nothing()  # client_order_id or (strategy, signal_id) seen before
-            .returning(Order)
-        )
+        order = self.session.scalar(_insert_statement(frozenset(values)), values)
         if order is None:
             existing = self.find_by_client_order_id(values["client_order_id"])
             if existing is None:  # same (strategy, signal_id) cannot have another coid

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -174,6 +175,20 @@ def _stop_loss_triggered(
 
 
 
+_INSERT_FILL = (  # built once: every fill runs it
+    insert(Fill)
+    .values(
+        order_id=bindparam("order_id"),
+        fill_key=bindparam("fill_key"),
+        quantity=bindparam("quantity"),
+        price=bindparam("price"),
+        filled_at=bindparam("filled_at"),
+    )
+    .on_conflict_do_nothing(index_elements=["fill_key"])
+    .returning(Fill.id)
+)
+
+
 def _book_fill(
     session: Session, order: Order, report: BrokerOrder, step: BookFill, *, actor: str
 ) -> bool:
@@ -181,16 +196,14 @@ def _book_fill(
     increment = step.increment
     assert order.ticker is not None and order.side is not None and order.strategy_id is not None
     inserted = session.connection().scalar(  # no autoflush: the fill depends on nothing pending
-        insert(Fill)
-        .values(
-            order_id=order.id,
-            fill_key=f"{report.brokerage_order_id}:{report.filled_quantity.normalize()}",
-            quantity=increment.quantity,
-            price=increment.price,
-            filled_at=report.updated_at or datetime.now(UTC),
-        )
-        .on_conflict_do_nothing(index_elements=["fill_key"])
-        .returning(Fill.id)
+        _INSERT_FILL,
+        {
+            "order_id": order.id,
+            "fill_key": f"{report.brokerage_order_id}:{report.filled_quantity.normalize()}",
+            "quantity": increment.quantity,
+            "price": increment.price,
+            "filled_at": report.updated_at or datetime.now(UTC),
+        },
     )
     if inserted is None:
         return False
