@@ -1,14 +1,14 @@
 """The OrderManager's column writes: staged in memory, written by one UPDATE per order when the
 transaction next needs them in the database.
 
-The ORM's unit of work cost more Python per step than the step's own work: change tracking,
-a flush plan, a versioned UPDATE compiled for each set of columns. The manager instead applies
+The ORM's unit of work (change tracking, a flush plan, a versioned UPDATE) cost about 0.2 ms of
+Python per pipeline step, more than the UPDATE it sends. The manager instead applies
 a change to the loaded order as if it came from the database (nothing is marked dirty) and
 keeps it here. It is written:
 - before any statement the session executes (the ORM's autoflush, kept), so every query in
   the transaction sees the order as changed, and at every flush (`StagingSession`);
-- before COMMIT, where the order's UPDATE becomes a CTE of the outbox's one
-  statement (db/outbox.py) when the order is the transaction's only one with changes.
+- before COMMIT, by db/outbox.py's commit hook, where one order's UPDATE becomes a CTE of the
+  outbox's statement (any other changed order gets an UPDATE of its own).
 Each write bumps `version`, as the ORM's versioned UPDATE did. Inside a savepoint changes go
 through the ORM as before, so that rolling the savepoint back also restores the object.
 """

@@ -4,7 +4,9 @@
 writes them all in one statement just before the transaction commits, the rows as JSON arrays
 unpacked by Postgres. The text is fixed, so it is parsed once per connection and prepared; ORM
 objects or a multi-row VALUES statement (compiled afresh for every row count) for rows nobody
-reads back in the transaction would cost the hot path more than the rows themselves.
+reads back in the transaction would cost the hot path more than the rows themselves. The same
+statement carries the UPDATE of an order whose changes the OrderManager staged
+(db/order_writes.py): a pipeline step's writes are one round trip.
 
 Nothing in a writing transaction reads these tables back. Inside a savepoint they are written
 at once, so that rolling the savepoint back takes them (and only them) with it; a rolled-back
