@@ -370,6 +370,7 @@ class OrderManager:
         return order
 
     def merge_metadata(self, order: Order, **entries: Any) -> None:
+        order = self.lock(order.id)  # held already by every caller: no statement
         metadata = {**(order.order_metadata or {}), **entries}
         stage(self.session, order, {"order_metadata": metadata})
 
