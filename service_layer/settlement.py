@@ -173,8 +173,6 @@ def _stop_loss_triggered(
     )
 
 
-
-
 _INSERT_FILL = (  # built once: every fill runs it
     insert(Fill)
     .values(
