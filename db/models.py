@@ -142,6 +142,32 @@ class Order(Base):
 
     __mapper_args__ = {"version_id_col": version}
 
+    def summary(self) -> dict[str, Any]:
+        """The order as the CLI and the web API show it."""
+        return {
+            "id": self.id,
+            "client_order_id": self.client_order_id,
+            "brokerage_order_id": self.brokerage_order_id,
+            "strategy": self.strategy_name,
+            "signal_id": self.signal_id,
+            "ticker": self.ticker,
+            "side": self.side,
+            "quantity": self.quantity,
+            "order_type": self.order_type,
+            "limit_price": self.limit_price,
+            "time_in_force": self.time_in_force,
+            "state": self.state,
+            "filled_quantity": self.filled_quantity,
+            "avg_fill_price": self.avg_fill_price,
+            "needs_manual_review": self.needs_manual_review,
+            "reason": self.reason,
+            "conflict_check_passed": self.conflict_check_passed,
+            "conflict_reasoning": self.conflict_reasoning,
+            "submit_attempts": self.submit_attempts,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
 
 class OrderTransition(Base):
     """The audit trail: one row per state change, written with the change."""

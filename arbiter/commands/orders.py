@@ -30,31 +30,6 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def order_row(order: Order) -> common.Row:
-    return {
-        "id": order.id,
-        "client_order_id": order.client_order_id,
-        "brokerage_order_id": order.brokerage_order_id,
-        "strategy": order.strategy_name,
-        "signal_id": order.signal_id,
-        "ticker": order.ticker,
-        "side": order.side,
-        "quantity": order.quantity,
-        "order_type": order.order_type,
-        "limit_price": order.limit_price,
-        "time_in_force": order.time_in_force,
-        "state": order.state,
-        "filled_quantity": order.filled_quantity,
-        "avg_fill_price": order.avg_fill_price,
-        "needs_manual_review": order.needs_manual_review,
-        "reason": order.reason,
-        "conflict_check_passed": order.conflict_check_passed,
-        "conflict_reasoning": order.conflict_reasoning,
-        "created_at": order.created_at,
-        "updated_at": order.updated_at,
-    }
-
-
 @app.callback()
 def list_orders(
     ctx: typer.Context,
@@ -78,7 +53,7 @@ def list_orders(
             query = query.where(Order.ticker == ticker.strip().upper())
         if review:
             query = query.where(Order.needs_manual_review)
-        rows = [order_row(o) for o in uow.session.scalars(query)]
+        rows = [o.summary() for o in uow.session.scalars(query)]
     common.show_rows(rows, as_json=as_json, columns=COLUMNS, empty="no orders")
 
 
@@ -127,7 +102,7 @@ def show(
                 .order_by(EventRecord.seq)
             )
         ]  # fmt: skip
-        row = order_row(order)
+        row = order.summary()
     if as_json:
         common.print_json({**row, "transitions": transitions, "fills": fills, "events": events})
         return

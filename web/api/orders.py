@@ -3,7 +3,7 @@ trail, fills, events and conflict decision, and cancel."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
@@ -36,32 +36,6 @@ OrderKey = Annotated[
 ]
 
 
-def order_row(order: Order) -> dict[str, Any]:
-    return {
-        "id": order.id,
-        "client_order_id": order.client_order_id,
-        "brokerage_order_id": order.brokerage_order_id,
-        "strategy": order.strategy_name,
-        "signal_id": order.signal_id,
-        "ticker": order.ticker,
-        "side": order.side,
-        "quantity": order.quantity,
-        "order_type": order.order_type,
-        "limit_price": order.limit_price,
-        "time_in_force": order.time_in_force,
-        "state": order.state,
-        "filled_quantity": order.filled_quantity,
-        "avg_fill_price": order.avg_fill_price,
-        "needs_manual_review": order.needs_manual_review,
-        "reason": order.reason,
-        "conflict_check_passed": order.conflict_check_passed,
-        "conflict_reasoning": order.conflict_reasoning,
-        "submit_attempts": order.submit_attempts,
-        "created_at": order.created_at,
-        "updated_at": order.updated_at,
-    }
-
-
 @router.get("", summary="Orders, newest first; filter by state, strategy, ticker, review, since")
 def list_orders(
     _: ReadAccess,
@@ -89,7 +63,7 @@ def list_orders(
     if before is not None:
         query = query.where(Order.id < before)
     with rt.database.sessions() as session:
-        rows = [order_row(o) for o in session.scalars(query.order_by(Order.id.desc())
+        rows = [o.summary() for o in session.scalars(query.order_by(Order.id.desc())
                                                       .limit(limit + 1))]  # fmt: skip
     return page(rows, limit)
 
@@ -138,7 +112,7 @@ def get_order(key: OrderKey, _: ReadAccess, rt: Rt) -> JSONResponse:
             for c in session.scalars(select(ConflictLog).where(ConflictLog.order_id == order.id)
                                      .order_by(ConflictLog.id))
         ]  # fmt: skip
-        body = {**order_row(order), "transitions": transitions, "fills": fills,
+        body = {**order.summary(), "transitions": transitions, "fills": fills,
                 "events": events, "conflicts": conflicts,
                 "signal": (order.order_metadata or {}).get("signal")}  # fmt: skip
     return respond(body)
@@ -164,6 +138,6 @@ def cancel_order(
     with rt.database.sessions() as session:
         order = find_order(session, str(order_id))
         return respond(
-            {"order": order_row(order), "outcome": result.outcome.value, "message": result.message},
+            {"order": order.summary(), "outcome": result.outcome.value, "message": result.message},
             202,
         )
