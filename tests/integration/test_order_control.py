@@ -12,28 +12,18 @@ from adapters.alpaca import AlpacaBrokerage
 from core.errors import InvalidInput, OrderNotOpen
 from core.states import OrderState, TransitionCause
 from db.engine import Database
-from db.models import EventRecord, Fill, Order, OrderTransition, Position, TickerOwnership
+from db.models import Fill, Order, OrderTransition, Position, TickerOwnership
 from db.order_manager import OrderManager
 from service_layer.cancellation import CancelOutcome, cancel_order
 from service_layer.conflict_check import check_conflict
 from service_layer.submission import begin_submit, submit
 from service_layer.validation import validate
+from tests.fixtures.database import order_event_types
 from tests.fixtures.simulator import Simulator, wait_for
 from tests.integration.test_pipeline_steps import LIMITS, PRICE
 from tests.integration.test_reconcile import build_order, order_row, place
 
 S = OrderState
-
-
-def _events(db: Database, order_id: int) -> list[str]:
-    with db.unit_of_work() as uow:
-        return list(
-            uow.session.scalars(
-                select(EventRecord.type)
-                .where(EventRecord.order_id == order_id)
-                .order_by(EventRecord.seq)
-            )
-        )
 
 
 def _trail(db: Database, order_id: int) -> list[tuple[str, str]]:
@@ -64,7 +54,7 @@ def test_a_cancel_before_submission_is_final_at_once_and_later_steps_do_nothing(
     assert order.state == "CANCELLED" and order.submit_attempts == 0
     assert order.cancel_requested_by == "operator"
     assert _trail(db, built.id)[-1] == (state.value, "CANCELLED")
-    assert "order_cancelled" in _events(db, built.id)
+    assert "order_cancelled" in order_event_types(db, built.id)
     with db.unit_of_work() as uow:  # a buy's claim goes back with it
         live = uow.session.scalars(
             select(TickerOwnership).where(TickerOwnership.released_at.is_(None))
@@ -85,7 +75,7 @@ def test_a_repeated_cancel_is_harmless(db: Database, shared_brokerage: AlpacaBro
     cancel_order(db, shared_brokerage, built.id, requested_by="cli")
     again = cancel_order(db, shared_brokerage, built.id, requested_by="cli")
     assert again.outcome is CancelOutcome.ALREADY_CANCELLED
-    assert _events(db, built.id).count("order_cancelled") == 1
+    assert order_event_types(db, built.id).count("order_cancelled") == 1
 
 
 @pytest.mark.parametrize("final", [S.REJECTED, S.FAILED])
@@ -119,7 +109,7 @@ def test_a_cancel_at_the_brokerage_is_recorded_then_final_when_the_brokerage_con
     built = _resting_limit(db, shared_simulator, shared_brokerage, "CNCL")
     result = cancel_order(db, shared_brokerage, built.id, requested_by="operator")
     assert (result.outcome, result.state) == (CancelOutcome.CANCELLED, "CANCELLED")
-    events = _events(db, built.id)
+    events = order_event_types(db, built.id)
     # The request is its own fact, before the brokerage's confirmation.
     assert events.index("order_cancel_requested") < events.index("order_cancelled")
     assert _trail(db, built.id)[-1] == ("ORDER_SENT", "CANCELLED")

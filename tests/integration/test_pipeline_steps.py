@@ -18,6 +18,7 @@ from service_layer.conflict_check import check_conflict
 from service_layer.intake import intake
 from service_layer.submission import begin_submit
 from service_layer.validation import validate
+from tests.fixtures.database import order_event_types
 from tests.fixtures.keys import signed
 
 LIMITS = RiskLimits(
@@ -64,17 +65,6 @@ def _run(
         return order
 
 
-def _event_types(db: Database, order_id: int) -> list[str]:
-    with db.unit_of_work() as uow:
-        return list(
-            uow.session.scalars(
-                select(EventRecord.type)
-                .where(EventRecord.order_id == order_id)
-                .order_by(EventRecord.seq)
-            )
-        )
-
-
 def _configure(db: Database, name: str, **limits: Any) -> None:
     with db.unit_of_work() as uow:
         strategy = uow.session.scalar(select(Strategy).where(Strategy.name == name))
@@ -115,7 +105,7 @@ def test_a_limit_breach_is_rejected_with_its_rule_and_risk_event(
     order = _run(db, raw, limits)
     assert order.state == "REJECTED"
     assert order.reason is not None and order.reason.startswith(rule)
-    assert {"signal_rejected", "risk_limit_exceeded"} <= set(_event_types(db, order.id))
+    assert {"signal_rejected", "risk_limit_exceeded"} <= set(order_event_types(db, order.id))
 
 
 def test_open_orders_per_strategy_are_limited(db: Database) -> None:

@@ -10,26 +10,16 @@ import pytest
 from sqlalchemy import select
 
 from db.engine import Database
-from db.models import EventRecord, Order, Position
+from db.models import Order, Position
 from db.ownership import current_owner
 from service_layer import ownership_moves
 from strategy_client.client import SignalClient
+from tests.fixtures.database import order_event_types
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import eventually, order_by_coid, wait_terminal
 
 pytestmark = pytest.mark.system
-
-
-def _types(db: Database, order_id: int) -> list[str]:
-    with db.unit_of_work() as uow:
-        return list(
-            uow.session.scalars(
-                select(EventRecord.type)
-                .where(EventRecord.order_id == order_id)
-                .order_by(EventRecord.seq)
-            )
-        )
 
 
 def _state_is(db: Database, coid: str, state: str) -> Order | None:
@@ -57,7 +47,7 @@ def test_a_strategy_cancels_and_replaces_its_resting_orders(
 
     assert client.cancel("trading", "tr-amd-rest") == resting
     cancelled = eventually(lambda: _state_is(db, resting, "CANCELLED"))
-    types = _types(db, cancelled.id)
+    types = order_event_types(db, cancelled.id)
     assert types.index("order_cancel_requested") < types.index("order_cancelled")
     assert simulator.admin.orders(resting)[0]["status"] == "canceled"
 
@@ -96,7 +86,7 @@ def test_a_protective_stop_fires_and_the_beat_books_it_and_releases_the_lock(
     simulator.admin.set_price("NVDA", "94")
     fired = eventually(lambda: _state_is(db, stop, "FULLY_FILLED"), timeout=60)
     assert fired.protective
-    assert "position_stop_loss_triggered" in _types(db, fired.id)
+    assert "position_stop_loss_triggered" in order_event_types(db, fired.id)
     with db.unit_of_work() as uow:
         assert current_owner(uow.session, "NVDA") is None  # flat: lock and ownership ended
 

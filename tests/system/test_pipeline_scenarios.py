@@ -10,22 +10,12 @@ from sqlalchemy import func, select
 from db.engine import Database
 from db.models import ConflictLog, EventRecord, Order, Position, TickerOwnership
 from strategy_client.client import SignalClient
+from tests.fixtures.database import order_event_types
 from tests.fixtures.processes import CeleryProcess
 from tests.fixtures.simulator import Simulator
 from tests.system.helpers import order_by_coid, wait_terminal
 
 pytestmark = pytest.mark.system
-
-
-def _events(db: Database, order_id: int) -> list[str]:
-    with db.unit_of_work() as uow:
-        return list(
-            uow.session.scalars(
-                select(EventRecord.type)
-                .where(EventRecord.order_id == order_id)
-                .order_by(EventRecord.seq)
-            )
-        )
 
 
 def test_the_three_conflict_scenarios_read_right(
@@ -86,11 +76,11 @@ def test_the_three_conflict_scenarios_read_right(
         "order_blocked_by_conflict",
         "conflict_resolved",
         "signal_rejected",
-    } <= set(_events(db, blocked_order.id))
+    } <= set(order_event_types(db, blocked_order.id))
     override_order = order_by_coid(db, override)
     assert override_order is not None and override_order.state == "FULLY_FILLED"
     assert {"conflict_detected", "priority_override", "order_filled"} <= set(
-        _events(db, override_order.id)
+        order_event_types(db, override_order.id)
     )
     with db.unit_of_work() as uow:
         transferred = uow.session.scalar(
