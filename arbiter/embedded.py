@@ -355,6 +355,8 @@ class _Embedded:
             return
         entry = _system_user(self.system_user)
         _reachable_home()
+        if self.run_dir.exists() and not (self.data_dir / "location").exists():
+            self._set_orphan_aside()
         if not self.run_dir.exists():
             self.run_dir.mkdir(mode=0o700)
             os.chown(self.run_dir, entry.pw_uid, entry.pw_gid)
@@ -364,6 +366,17 @@ class _Embedded:
                                f"0700 (it is uid {info.st_uid}, mode "
                                f"{stat.S_IMODE(info.st_mode):o}); remove it to start afresh")
         write_private(self.data_dir / "location", f"{self.run_dir}\n")
+
+    def _set_orphan_aside(self) -> None:
+        """The run folder was made for an earlier folder at this path, since removed with its
+        passwords (a fresh clone where an old one was): its data cannot be opened with this
+        folder's credentials, and an old queue must not reach a new database. It is kept,
+        renamed, never deleted."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.run_dir.with_name(f"{self.run_dir.name}.orphaned-{stamp}")
+        self.run_dir.rename(aside)
+        log.warning("%s: %s belonged to an earlier %s that is gone; kept as %s, starting afresh",
+                    self.name, self.run_dir, self.data_dir, aside)
 
     def _give(self, path: Path) -> None:
         """Hand a file we wrote in the run folder to the system user (as root)."""

@@ -286,3 +286,37 @@ def test_as_root_the_servers_run_as_system_users_and_no_parent_folder_changes(tm
         run_dirs = [postgres.run_dir, valkey.run_dir]
         shutil.rmtree(locked, ignore_errors=True)
     assert not any(path.exists() for path in run_dirs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root only: the data lives under the system home")
+def test_a_fresh_folder_where_a_removed_one_was_starts_afresh_and_keeps_the_old_data_aside(
+    tmp_path,
+):
+    # A clone removed (its passwords with it) and cloned again at the same path: the data the
+    # old folder left under the system home must neither block the start nor be reused.
+    folder = tmp_path / "project" / ".arbiter"
+    postgres, valkey = EmbeddedPostgres(folder / "postgres"), EmbeddedRedis(folder / "redis")
+    old_run_dirs = [postgres.run_dir, valkey.run_dir]
+    aside: list[Path] = []
+    try:
+        postgres.start()
+        valkey.start()
+        redis.Redis.from_url(valkey.url).set("left-by-the-old-folder", "1")
+        postgres.stop()
+        valkey.stop()
+        shutil.rmtree(tmp_path / "project")
+
+        postgres, valkey = EmbeddedPostgres(folder / "postgres"), EmbeddedRedis(folder / "redis")
+        assert postgres.start() and valkey.start()
+        assert scalar(postgres.url, "SELECT 1") == 1
+        assert redis.Redis.from_url(valkey.url).get("left-by-the-old-folder") is None
+        for run_dir in old_run_dirs:
+            kept = list(run_dir.parent.glob(f"{run_dir.name}.orphaned-*"))
+            assert len(kept) == 1, kept
+            aside += kept
+        assert any(aside[0].rglob("PG_VERSION"))  # the old data is kept, not deleted
+    finally:
+        postgres.remove()
+        valkey.remove()
+        for path in aside:
+            shutil.rmtree(path, ignore_errors=True)
