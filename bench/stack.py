@@ -46,6 +46,7 @@ SHAPES: dict[str, list[tuple[str, int, str]]] = {
 RISK_ENV = {"ARBITER_MAX_OPEN_ORDERS_PER_STRATEGY": "1000000",
             "ARBITER_MAX_SIGNALS_PER_MINUTE": "1000000"}
 
+
 class Services:
     """Postgres and Redis for one run; `stop()` undoes whatever `start()` did."""
 

@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import TextClause, bindparam, event, text
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql import ClauseElement
 
 from db.models import Order
 
@@ -38,12 +37,10 @@ class Staged:
 
 
 def stage(session: Session, order: Order, changes: dict[str, Any]) -> None:
-    """Change the locked `order`'s columns in this transaction."""
-    if session.in_nested_transaction() or any(
-        isinstance(value, ClauseElement) for value in changes.values()
-    ):
-        # The ORM's way: tracked for a savepoint's rollback; a SQL expression's value is
-        # known only once written (the flush fetches it).
+    """Change the locked `order`'s columns in this transaction (values, not SQL expressions:
+    the loaded order takes them as they are)."""
+    if session.in_nested_transaction():
+        # The ORM's way: tracked, so that a savepoint's rollback restores the object.
         for name, value in changes.items():
             setattr(order, name, value)
         return

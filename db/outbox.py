@@ -111,7 +111,7 @@ def _write(
     update: order_writes.Staged | None = None,
 ) -> None:
     """One statement, on the connection: nothing pending in the session needs flushing first."""
-    if not (audits or events or update):
+    if not (audits or events):
         return
     parameters = {
         "audits": json.dumps(list(audits)),

@@ -173,7 +173,7 @@ class SignalClient:
         """Put a raw signal on the pipeline (the worker re-checks everything). A message that
         names its strategy and signal_id gets a safety copy, malformed or not: intake records
         what it can read, and a message lost on its way there is resent like any other."""
-        key = _pending_key(message)
+        key = pending.key_of(message)
         # The safety copy that the stalled sweep resends if the message is lost (pending.py);
         # taken back when the enqueue fails, so that a caller who retries gets one order.
         if key is not None:
@@ -194,16 +194,6 @@ class SignalClient:
 
 
 Number = int | float | str | Decimal
-
-
-def _pending_key(message: Any) -> str | None:
-    """The client_order_id intake forgets a message's safety copy by (tasks/pipeline.py)."""
-    if not isinstance(message, dict):
-        return None
-    strategy, signal_id = message.get("strategy"), message.get("signal_id")
-    if isinstance(strategy, str) and isinstance(signal_id, str):
-        return client_order_id_for(strategy, signal_id)
-    return None
 
 
 def _order_key(strategy: str, signal_id: str | None, client_order_id: str | None) -> str:

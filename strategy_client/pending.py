@@ -19,7 +19,20 @@ from typing import Any
 
 import redis
 
+from core.signals import client_order_id_for
+
 PENDING_KEY = "arbiter:signals:pending"
+
+
+def key_of(message: Any) -> str | None:
+    """The client_order_id a raw message's safety copy is kept under: from its strategy and
+    signal_id, malformed or not; None when it names neither."""
+    if not isinstance(message, dict):
+        return None
+    strategy, signal_id = message.get("strategy"), message.get("signal_id")
+    if isinstance(strategy, str) and isinstance(signal_id, str):
+        return client_order_id_for(strategy, signal_id)
+    return None
 
 
 @dataclass(frozen=True)

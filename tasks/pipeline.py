@@ -19,7 +19,6 @@ from core.errors import BrokerageUnavailable, InvalidInput
 from core.event_payloads import ErrorOccurred
 from core.events import Event, EventType
 from core.settings import Settings
-from core.signals import client_order_id_for
 from db.engine import UnitOfWork
 from db.order_manager import locked_orders
 from db.outbox import emit
@@ -87,11 +86,9 @@ def intake_bounds(settings: Settings) -> intake_service.IntakeBounds:
 
 def _forget_pending(raw_signal: Any) -> None:
     """The signal is an order now: the client's safety copy can go (strategy_client/pending.py)."""
-    if not isinstance(raw_signal, dict):
-        return
-    strategy, signal_id = raw_signal.get("strategy"), raw_signal.get("signal_id")
-    if isinstance(strategy, str) and isinstance(signal_id, str):
-        pending.forget(runtime().redis, client_order_id_for(strategy, signal_id))
+    key = pending.key_of(raw_signal)
+    if key is not None:
+        pending.forget(runtime().redis, key)
 
 
 def _bind_log_context(uow: UnitOfWork) -> None:
